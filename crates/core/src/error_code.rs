@@ -1,0 +1,145 @@
+//! One vocabulary of failures for every service: the websocket `error`
+//! frame's `code` and the gRPC status code both come from here.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not JSON.
+    InvalidJson,
+    /// The frame is JSON but not an object, or is a binary frame.
+    InvalidMessage,
+    /// The frame's `type` names no known message.
+    UnknownType,
+    /// A required field is absent.
+    MissingField,
+    /// A field has the wrong type or an unusable value.
+    InvalidField,
+    /// The URL cannot be parsed or has no host.
+    InvalidUrl,
+    /// The URL's scheme is not http or https.
+    UnsupportedScheme,
+    /// The URL is longer than the server accepts.
+    UrlTooLong,
+    /// The depth is negative, not an integer, or over the server's maximum.
+    InvalidDepth,
+    /// The frame is larger than the server accepts.
+    MessageTooLarge,
+    /// The URL's host resolves to an address the network policy refuses.
+    ForbiddenAddress,
+    /// The URL's host does not resolve.
+    UnresolvableHost,
+    /// This client already submitted a job with this id.
+    DuplicateJob,
+    /// No job with this id was submitted by this client.
+    UnknownJob,
+    /// A dependency (queue, cache, store) is unavailable; retry later.
+    Unavailable,
+    /// The crawl ran but failed as a whole.
+    CrawlFailed,
+    /// A lease is no longer held by the caller.
+    StaleLease,
+    /// The peer speaks another protocol version.
+    ProtocolMismatch,
+    /// A path leaves the folder it must stay in.
+    PathEscapesRoot,
+    /// Something that should not happen did.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidMessage => "invalid_message",
+            Self::UnknownType => "unknown_type",
+            Self::MissingField => "missing_field",
+            Self::InvalidField => "invalid_field",
+            Self::InvalidUrl => "invalid_url",
+            Self::UnsupportedScheme => "unsupported_scheme",
+            Self::UrlTooLong => "url_too_long",
+            Self::InvalidDepth => "invalid_depth",
+            Self::MessageTooLarge => "message_too_large",
+            Self::ForbiddenAddress => "forbidden_address",
+            Self::UnresolvableHost => "unresolvable_host",
+            Self::DuplicateJob => "duplicate_job",
+            Self::UnknownJob => "unknown_job",
+            Self::Unavailable => "unavailable",
+            Self::CrawlFailed => "crawl_failed",
+            Self::StaleLease => "stale_lease",
+            Self::ProtocolMismatch => "protocol_mismatch",
+            Self::PathEscapesRoot => "path_escapes_root",
+            Self::Internal => "internal",
+        }
+    }
+
+    pub fn grpc_code(self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Self::InvalidJson
+            | Self::InvalidMessage
+            | Self::UnknownType
+            | Self::MissingField
+            | Self::InvalidField
+            | Self::InvalidUrl
+            | Self::UnsupportedScheme
+            | Self::UrlTooLong
+            | Self::InvalidDepth
+            | Self::MessageTooLarge
+            | Self::PathEscapesRoot => Code::InvalidArgument,
+            Self::ForbiddenAddress => Code::PermissionDenied,
+            Self::UnresolvableHost | Self::UnknownJob => Code::NotFound,
+            Self::DuplicateJob => Code::AlreadyExists,
+            Self::Unavailable => Code::Unavailable,
+            Self::StaleLease | Self::ProtocolMismatch => Code::FailedPrecondition,
+            Self::CrawlFailed => Code::Aborted,
+            Self::Internal => Code::Internal,
+        }
+    }
+
+    /// A gRPC status carrying this code's name, so the far side can map it back.
+    pub fn status(self, message: impl Into<String>) -> tonic::Status {
+        tonic::Status::new(
+            self.grpc_code(),
+            format!("{}: {}", self.as_str(), message.into()),
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_name_matches_as_str() {
+        for code in [
+            ErrorCode::InvalidJson,
+            ErrorCode::ForbiddenAddress,
+            ErrorCode::UrlTooLong,
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+
+    #[test]
+    fn stale_lease_is_failed_precondition() {
+        assert_eq!(
+            ErrorCode::StaleLease.grpc_code(),
+            tonic::Code::FailedPrecondition
+        );
+        assert!(
+            ErrorCode::StaleLease
+                .status("x")
+                .message()
+                .starts_with("stale_lease")
+        );
+    }
+}

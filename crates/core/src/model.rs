@@ -1,0 +1,246 @@
+//! The job model every service speaks: what a job asks for, what a page
+//! fetch found, and what a finished crawl returns.
+
+use serde::{Deserialize, Serialize};
+
+/// Internal job id, unique across the cluster. Clients choose their own ids;
+/// the gateway maps `(client id, client job id)` to one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub String);
+
+impl JobId {
+    pub fn new_random() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How far a crawl may wander and how much it may fetch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CrawlOptions {
+    /// Hosts in scope besides the start URL's own host, lowercased and sorted.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Subdomains of every in-scope host are in scope too.
+    #[serde(default)]
+    pub include_subdomains: bool,
+    /// Upper bound on the pages this job fetches.
+    pub max_pages: u32,
+    /// Spider whose rules apply, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spider: Option<String>,
+}
+
+/// A crawl job as accepted by a gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSpec {
+    pub job_id: JobId,
+    pub client_id: String,
+    pub client_job_id: String,
+    /// Normalised start URL.
+    pub url: String,
+    pub depth: u32,
+    pub options: CrawlOptions,
+    /// Routing key of the gateway that holds the client's connection.
+    pub gateway_key: String,
+    pub accepted_at_ms: u64,
+}
+
+/// What one fetch found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PageFacts {
+    pub url: String,
+    pub depth: u32,
+    /// HTTP status of the final response; absent when the fetch failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Why the fetch failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Body bytes received (after any decompression, capped by the body limit).
+    pub bytes: u64,
+    pub fetch_ms: u64,
+    /// Where redirects ended, when that differs from `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_url: Option<String>,
+    /// Normalised absolute links on the page, in document order, deduplicated.
+    #[serde(default)]
+    pub links: Vec<String>,
+}
+
+/// A finished crawl: `levels[i]` holds the URLs first found at depth `i`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CrawlResult {
+    pub levels: Vec<Vec<String>>,
+    /// One entry per fetched URL, ordered by depth, then URL.
+    pub pages: Vec<PageFacts>,
+    /// The depth the crawl was run to.
+    pub depth: u32,
+    /// True when the page cap stopped the crawl before it reached `depth`.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+impl CrawlResult {
+    /// The same crawl as if it had been run to `depth` only. A crawl to a
+    /// greater depth with the same options fetched exactly these pages first,
+    /// because each level depends only on the levels before it.
+    pub fn trimmed_to(&self, depth: u32) -> Self {
+        if depth >= self.depth {
+            return self.clone();
+        }
+        let keep = depth as usize + 1;
+        let levels: Vec<Vec<String>> = self.levels.iter().take(keep).cloned().collect();
+        let pages = self
+            .pages
+            .iter()
+            .filter(|p| p.depth <= depth)
+            .cloned()
+            .collect();
+        Self {
+            levels,
+            pages,
+            depth,
+            // The cap cuts the last level a crawl reached; a trim that drops
+            // that level drops the truncation with it.
+            truncated: self.truncated && self.levels.len() <= keep,
+        }
+    }
+
+    pub fn page_count(&self) -> usize {
+        self.pages.len()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "done" => Self::Done,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Failed)
+    }
+}
+
+/// Why a job ended without a result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFailure {
+    pub code: crate::ErrorCode,
+    pub message: String,
+}
+
+/// A job as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRecord {
+    pub spec: JobSpec,
+    pub state: JobState,
+    pub pages_done: u32,
+    pub current_depth: u32,
+    pub result: Option<CrawlResult>,
+    pub failure: Option<JobFailure>,
+    pub elapsed_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(url: &str, depth: u32) -> PageFacts {
+        PageFacts {
+            url: url.into(),
+            depth,
+            status: Some(200),
+            ..Default::default()
+        }
+    }
+
+    fn three_levels() -> CrawlResult {
+        CrawlResult {
+            levels: vec![
+                vec!["a".into()],
+                vec!["b".into(), "c".into()],
+                vec!["d".into()],
+            ],
+            pages: vec![page("a", 0), page("b", 1), page("c", 1), page("d", 2)],
+            depth: 2,
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn trimming_keeps_only_the_requested_levels_and_pages() {
+        let trimmed = three_levels().trimmed_to(1);
+        assert_eq!(trimmed.depth, 1);
+        assert_eq!(
+            trimmed.levels,
+            vec![vec!["a".to_string()], vec!["b".into(), "c".into()]]
+        );
+        let urls: Vec<_> = trimmed.pages.iter().map(|p| p.url.as_str()).collect();
+        assert_eq!(urls, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn trimming_to_the_same_or_more_depth_is_identity() {
+        assert_eq!(three_levels().trimmed_to(2), three_levels());
+        assert_eq!(three_levels().trimmed_to(7), three_levels());
+    }
+
+    #[test]
+    fn truncation_beyond_the_trimmed_depth_is_dropped() {
+        let mut full = three_levels();
+        full.truncated = true;
+        assert!(!full.trimmed_to(1).truncated);
+    }
+
+    #[test]
+    fn job_state_round_trips_through_its_name() {
+        for s in [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Done,
+            JobState::Failed,
+        ] {
+            assert_eq!(JobState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(JobState::parse("nope"), None);
+    }
+}

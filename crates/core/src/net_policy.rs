@@ -1,0 +1,155 @@
+//! Which addresses the crawler may connect to.
+//!
+//! A crawler that fetches any URL it is given is an SSRF tool: loopback,
+//! private, link-local and cloud-metadata addresses are refused unless the
+//! operator allows a network explicitly. The check runs on resolved
+//! addresses, so a public name pointing at 127.0.0.1 is refused too.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    allowed: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("address {addr} is in a {kind} range; allow it with --allow-network")]
+pub struct ForbiddenAddress {
+    pub addr: IpAddr,
+    pub kind: &'static str,
+}
+
+impl NetworkPolicy {
+    pub fn new(allowed: Vec<IpNet>) -> Self {
+        Self { allowed }
+    }
+
+    /// Parses comma-separated networks such as `127.0.0.0/8,::1/128`.
+    pub fn parse_list(list: &str) -> Result<Vec<IpNet>, String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .map_err(|e| format!("`{s}` is not a network such as 127.0.0.0/8: {e}"))
+            })
+            .collect()
+    }
+
+    pub fn allowed_networks(&self) -> &[IpNet] {
+        &self.allowed
+    }
+
+    pub fn check(&self, addr: IpAddr) -> Result<(), ForbiddenAddress> {
+        let addr = canonical(addr);
+        if self.allowed.iter().any(|net| net.contains(&addr)) {
+            return Ok(());
+        }
+        match special_range(addr) {
+            Some(kind) => Err(ForbiddenAddress { addr, kind }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An IPv4 address written as IPv6 (`::ffff:127.0.0.1`) is checked as IPv4.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+fn special_range(addr: IpAddr) -> Option<&'static str> {
+    match addr {
+        IpAddr::V4(v4) => special_v4(v4),
+        IpAddr::V6(v6) => special_v6(v6),
+    }
+}
+
+fn special_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, ..] = ip.octets();
+    if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_private() {
+        Some("private")
+    } else if ip.is_link_local() {
+        // 169.254.0.0/16 holds the cloud metadata endpoint 169.254.169.254.
+        Some("link-local/metadata")
+    } else if a == 100 && (64..128).contains(&b) {
+        Some("shared (carrier-grade NAT)")
+    } else if a == 0 || ip.is_broadcast() || ip.is_multicast() || a >= 240 {
+        Some("reserved")
+    } else {
+        None
+    }
+}
+
+fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
+    let first = ip.segments()[0];
+    if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_unspecified() || ip.is_multicast() {
+        Some("reserved")
+    } else if first & 0xffc0 == 0xfe80 {
+        Some("link-local")
+    } else if first & 0xfe00 == 0xfc00 {
+        // fc00::/7 includes fd00:ec2::254, a metadata endpoint.
+        Some("private (unique local)")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn special_ranges_are_refused_by_default() {
+        let policy = NetworkPolicy::default();
+        for addr in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(policy.check(ip(addr)).is_err(), "{addr} should be refused");
+        }
+        for addr in ["93.184.216.34", "2606:4700::1111", "8.8.8.8"] {
+            assert!(policy.check(ip(addr)).is_ok(), "{addr} should be allowed");
+        }
+    }
+
+    #[test]
+    fn an_allowed_network_opens_only_that_network() {
+        let policy = NetworkPolicy::new(NetworkPolicy::parse_list("127.0.0.0/8").unwrap());
+        assert!(policy.check(ip("127.0.0.1")).is_ok());
+        assert!(policy.check(ip("::ffff:127.0.0.2")).is_ok());
+        assert!(policy.check(ip("10.0.0.1")).is_err());
+        assert!(policy.check(ip("::1")).is_err());
+    }
+
+    #[test]
+    fn bad_network_lists_are_explained() {
+        let err = NetworkPolicy::parse_list("127.0.0.0/8, nonsense").unwrap_err();
+        assert!(err.contains("nonsense"), "{err}");
+        assert_eq!(NetworkPolicy::parse_list("").unwrap(), vec![]);
+    }
+}

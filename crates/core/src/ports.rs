@@ -1,0 +1,231 @@
+//! The ports each engine adapter implements: a job queue, a result cache and
+//! a job store. The cluster runs them on RabbitMQ, Redis and Postgres; the
+//! embedded default runs them in process (and on SQLite). Services only ever
+//! see these traits, so both sets run the same service code.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::Stream;
+
+use crate::model::{CrawlResult, JobFailure, JobId, JobRecord, JobSpec};
+
+/// Any adapter failure: the engine is unreachable, refused the request, or
+/// returned something unreadable. Callers treat it as retryable unless a
+/// more specific error says otherwise.
+#[derive(Debug, thiserror::Error)]
+#[error("{engine}: {message}")]
+pub struct AdapterError {
+    pub engine: &'static str,
+    pub message: String,
+}
+
+impl AdapterError {
+    pub fn new(engine: &'static str, message: impl std::fmt::Display) -> Self {
+        Self {
+            engine,
+            message: message.to_string(),
+        }
+    }
+}
+
+pub type AdapterResult<T> = Result<T, AdapterError>;
+
+// ---------------------------------------------------------------- queue
+
+/// What a gateway receives on its own routing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A final result: persistent, confirmed, kept until its TTL.
+    Result,
+    /// A progress update: transient and short-lived; losing one is harmless.
+    Progress,
+}
+
+/// A message taken from a queue and not yet settled. Dropping it without
+/// settling leaves it unacknowledged; the queue redelivers it when the
+/// consumer goes away.
+pub struct Delivery {
+    pub payload: Vec<u8>,
+    /// True when an earlier consumer received this message and did not ack it.
+    pub redelivered: bool,
+    acker: Box<dyn Acker>,
+}
+
+impl Delivery {
+    pub fn new(payload: Vec<u8>, redelivered: bool, acker: Box<dyn Acker>) -> Self {
+        Self {
+            payload,
+            redelivered,
+            acker,
+        }
+    }
+
+    /// Done with it: the queue forgets the message.
+    pub async fn ack(self) -> AdapterResult<()> {
+        self.acker.settle(Settle::Ack).await
+    }
+
+    /// Give it back for another consumer.
+    pub async fn requeue(self) -> AdapterResult<()> {
+        self.acker.settle(Settle::Requeue).await
+    }
+
+    /// It can never be processed: move it to the dead-letter queue.
+    pub async fn dead_letter(self) -> AdapterResult<()> {
+        self.acker.settle(Settle::DeadLetter).await
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("bytes", &self.payload.len())
+            .field("redelivered", &self.redelivered)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    Ack,
+    Requeue,
+    DeadLetter,
+}
+
+#[async_trait]
+pub trait Acker: Send + Sync {
+    async fn settle(self: Box<Self>, how: Settle) -> AdapterResult<()>;
+}
+
+pub type DeliveryStream = Pin<Box<dyn Stream<Item = AdapterResult<Delivery>> + Send>>;
+
+#[async_trait]
+pub trait JobQueue: Send + Sync + 'static {
+    /// Publishes a job to `assigned`; returns once the queue holds it durably.
+    async fn publish_job(&self, payload: Vec<u8>) -> AdapterResult<()>;
+    /// Consumes `assigned` with at most `prefetch` unsettled deliveries.
+    async fn consume_jobs(&self, prefetch: u16) -> AdapterResult<DeliveryStream>;
+    /// Publishes a result or progress event to one gateway.
+    async fn publish_event(
+        &self,
+        gateway_key: &str,
+        kind: EventKind,
+        payload: Vec<u8>,
+    ) -> AdapterResult<()>;
+    /// Consumes the events addressed to one gateway.
+    async fn consume_events(&self, gateway_key: &str) -> AdapterResult<DeliveryStream>;
+    /// Messages waiting in the dead-letter queue (for operators and tests).
+    async fn dead_letter_count(&self) -> AdapterResult<u64>;
+}
+
+// ---------------------------------------------------------------- cache
+
+#[async_trait]
+pub trait ResultCache: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> AdapterResult<Option<CrawlResult>>;
+    /// Stores `result` unless a deeper crawl is already cached under `key`.
+    async fn put(&self, key: &str, result: &CrawlResult, ttl: Duration) -> AdapterResult<()>;
+}
+
+// ---------------------------------------------------------------- store
+
+/// A grant of the right to run a job until `expires_at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub job_id: JobId,
+    pub fencing_token: u64,
+    pub expires_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AcquireOutcome {
+    Granted(Lease),
+    /// The job already ended; here is how.
+    AlreadyDone(Box<JobRecord>),
+    /// Another master holds a live lease.
+    HeldElsewhere {
+        master_id: String,
+        expires_at_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InsertOutcome {
+    Created,
+    /// The client already has a job with this client job id.
+    Exists(Box<JobRecord>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("job {0} is not in the store")]
+    UnknownJob(JobId),
+    #[error("fencing token {presented} is stale; the current one is {current}")]
+    StaleToken { presented: u64, current: u64 },
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    Done(CrawlResult),
+    Failed(JobFailure),
+}
+
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Records a new job as queued; idempotent on `(client_id, client_job_id)`.
+    async fn insert_job(&self, spec: &JobSpec) -> AdapterResult<InsertOutcome>;
+    /// Records a job that was answered from the cache, already done.
+    async fn insert_done(
+        &self,
+        spec: &JobSpec,
+        result: &CrawlResult,
+    ) -> AdapterResult<InsertOutcome>;
+    /// Persists the job if new, then leases it to `master_id` unless it is done
+    /// or another master's lease is still live. Every grant raises the token.
+    async fn acquire(
+        &self,
+        spec: &JobSpec,
+        master_id: &str,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> AdapterResult<AcquireOutcome>;
+    /// Renews a lease and records progress.
+    async fn heartbeat(
+        &self,
+        job_id: &JobId,
+        fencing_token: u64,
+        pages_done: u32,
+        current_depth: u32,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> Result<u64, StoreError>;
+    /// Ends a job; refused for a stale token. Completing twice with the
+    /// current token is idempotent and keeps the first outcome.
+    async fn complete(
+        &self,
+        job_id: &JobId,
+        fencing_token: u64,
+        outcome: &JobOutcome,
+        now_ms: u64,
+    ) -> Result<JobRecord, StoreError>;
+    async fn get(&self, job_id: &JobId) -> AdapterResult<Option<JobRecord>>;
+    async fn find_by_client(
+        &self,
+        client_id: &str,
+        client_job_id: &str,
+    ) -> AdapterResult<Option<JobRecord>>;
+}
+
+/// The three ports a service may need, shared.
+#[derive(Clone)]
+pub struct Engines {
+    pub queue: Arc<dyn JobQueue>,
+    pub cache: Arc<dyn ResultCache>,
+    pub store: Arc<dyn JobStore>,
+}

@@ -1,0 +1,232 @@
+//! Conversions between the job model of `crawler-core` and the protobuf
+//! messages. Each direction lives here once, so services never hand-copy fields.
+
+use crawler_core::ErrorCode;
+use crawler_core::model::{
+    self as m, CrawlOptions, CrawlResult, JobId, JobRecord, JobSpec, JobState, PageFacts,
+};
+
+use crate::v1;
+
+impl From<&CrawlOptions> for v1::CrawlOptions {
+    fn from(o: &CrawlOptions) -> Self {
+        Self {
+            allowed_hosts: o.allowed_hosts.clone(),
+            include_subdomains: o.include_subdomains,
+            max_pages: o.max_pages,
+            spider: o.spider.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl From<v1::CrawlOptions> for CrawlOptions {
+    fn from(o: v1::CrawlOptions) -> Self {
+        Self {
+            allowed_hosts: o.allowed_hosts,
+            include_subdomains: o.include_subdomains,
+            max_pages: o.max_pages,
+            spider: Some(o.spider).filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+impl From<&JobSpec> for v1::JobSpec {
+    fn from(j: &JobSpec) -> Self {
+        Self {
+            job_id: j.job_id.0.clone(),
+            client_id: j.client_id.clone(),
+            client_job_id: j.client_job_id.clone(),
+            url: j.url.clone(),
+            depth: j.depth,
+            options: Some((&j.options).into()),
+            gateway_key: j.gateway_key.clone(),
+            accepted_at_ms: j.accepted_at_ms,
+        }
+    }
+}
+
+impl From<v1::JobSpec> for JobSpec {
+    fn from(j: v1::JobSpec) -> Self {
+        Self {
+            job_id: JobId(j.job_id),
+            client_id: j.client_id,
+            client_job_id: j.client_job_id,
+            url: j.url,
+            depth: j.depth,
+            options: j.options.map(Into::into).unwrap_or_default(),
+            gateway_key: j.gateway_key,
+            accepted_at_ms: j.accepted_at_ms,
+        }
+    }
+}
+
+impl From<&PageFacts> for v1::PageFacts {
+    fn from(p: &PageFacts) -> Self {
+        Self {
+            url: p.url.clone(),
+            depth: p.depth,
+            status: p.status.map(u32::from),
+            error: p.error.clone(),
+            title: p.title.clone(),
+            content_type: p.content_type.clone(),
+            bytes: p.bytes,
+            fetch_ms: p.fetch_ms,
+            final_url: p.final_url.clone(),
+            links: p.links.clone(),
+        }
+    }
+}
+
+impl From<v1::PageFacts> for PageFacts {
+    fn from(p: v1::PageFacts) -> Self {
+        Self {
+            url: p.url,
+            depth: p.depth,
+            status: p.status.and_then(|s| u16::try_from(s).ok()),
+            error: p.error,
+            title: p.title,
+            content_type: p.content_type,
+            bytes: p.bytes,
+            fetch_ms: p.fetch_ms,
+            final_url: p.final_url,
+            links: p.links,
+        }
+    }
+}
+
+impl From<&CrawlResult> for v1::CrawlResult {
+    fn from(r: &CrawlResult) -> Self {
+        Self {
+            levels: r
+                .levels
+                .iter()
+                .map(|urls| v1::Level { urls: urls.clone() })
+                .collect(),
+            pages: r.pages.iter().map(Into::into).collect(),
+            depth: r.depth,
+            truncated: r.truncated,
+        }
+    }
+}
+
+impl From<v1::CrawlResult> for CrawlResult {
+    fn from(r: v1::CrawlResult) -> Self {
+        Self {
+            levels: r.levels.into_iter().map(|l| l.urls).collect(),
+            pages: r.pages.into_iter().map(Into::into).collect(),
+            depth: r.depth,
+            truncated: r.truncated,
+        }
+    }
+}
+
+impl From<&m::JobFailure> for v1::JobFailure {
+    fn from(f: &m::JobFailure) -> Self {
+        Self {
+            code: f.code.as_str().to_string(),
+            message: f.message.clone(),
+        }
+    }
+}
+
+impl From<v1::JobFailure> for m::JobFailure {
+    fn from(f: v1::JobFailure) -> Self {
+        let code = serde_json::from_value(serde_json::Value::String(f.code))
+            .unwrap_or(ErrorCode::Internal);
+        Self {
+            code,
+            message: f.message,
+        }
+    }
+}
+
+impl From<JobState> for v1::JobState {
+    fn from(s: JobState) -> Self {
+        match s {
+            JobState::Queued => Self::Queued,
+            JobState::Running => Self::Running,
+            JobState::Done => Self::Done,
+            JobState::Failed => Self::Failed,
+        }
+    }
+}
+
+impl From<&JobRecord> for v1::JobRecord {
+    fn from(r: &JobRecord) -> Self {
+        Self {
+            job: Some((&r.spec).into()),
+            state: v1::JobState::from(r.state) as i32,
+            pages_done: r.pages_done,
+            current_depth: r.current_depth,
+            result: r.result.as_ref().map(Into::into),
+            failure: r.failure.as_ref().map(Into::into),
+            elapsed_ms: r.elapsed_ms,
+        }
+    }
+}
+
+impl TryFrom<v1::JobRecord> for JobRecord {
+    type Error = tonic::Status;
+    fn try_from(r: v1::JobRecord) -> Result<Self, Self::Error> {
+        let state = match v1::JobState::try_from(r.state) {
+            Ok(v1::JobState::Queued) => JobState::Queued,
+            Ok(v1::JobState::Running) => JobState::Running,
+            Ok(v1::JobState::Done) => JobState::Done,
+            Ok(v1::JobState::Failed) => JobState::Failed,
+            _ => {
+                return Err(tonic::Status::invalid_argument(
+                    "job record without a known state",
+                ));
+            }
+        };
+        Ok(Self {
+            spec: r
+                .job
+                .ok_or_else(|| tonic::Status::invalid_argument("job record without a job"))?
+                .into(),
+            state,
+            pages_done: r.pages_done,
+            current_depth: r.current_depth,
+            result: r.result.map(Into::into),
+            failure: r.failure.map(Into::into),
+            elapsed_ms: r.elapsed_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_survives_the_round_trip() {
+        let result = CrawlResult {
+            levels: vec![vec!["http://a/".into()], vec!["http://a/b".into()]],
+            pages: vec![PageFacts {
+                url: "http://a/".into(),
+                depth: 0,
+                status: Some(200),
+                title: Some("A".into()),
+                content_type: Some("text/html".into()),
+                bytes: 10,
+                fetch_ms: 3,
+                links: vec!["http://a/b".into()],
+                ..Default::default()
+            }],
+            depth: 1,
+            truncated: true,
+        };
+        let back: CrawlResult = v1::CrawlResult::from(&result).into();
+        assert_eq!(back, result);
+    }
+
+    #[test]
+    fn options_without_spider_round_trip_to_none() {
+        let opts = CrawlOptions {
+            max_pages: 5,
+            ..Default::default()
+        };
+        let back: CrawlOptions = v1::CrawlOptions::from(&opts).into();
+        assert_eq!(back, opts);
+    }
+}

@@ -1,0 +1,17 @@
+//! gRPC contracts of the crawler and the conversions between them and the
+//! job model of `crawler-core`.
+
+pub mod convert;
+
+/// Version 1 of the crawl contracts: the lock service and the master/worker stream.
+pub mod crawler {
+    pub mod v1 {
+        tonic::include_proto!("crawler.v1");
+    }
+}
+
+pub use crawler::v1;
+
+/// Bumped whenever the master/worker stream changes incompatibly; a master
+/// refuses a worker that registers with another version.
+pub const WORK_PROTOCOL_VERSION: u32 = 1;
