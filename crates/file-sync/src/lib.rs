@@ -1,0 +1,1 @@
+//! Spider file sync (being written).
