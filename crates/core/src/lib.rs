@@ -3,6 +3,7 @@
 //! shutdown handling and the traits the engine adapters implement.
 
 pub mod error_code;
+pub mod events;
 pub mod model;
 pub mod net_policy;
 pub mod ports;

@@ -1,0 +1,95 @@
+//! Master configuration: defaults that work locally, then `MASTER__*`
+//! environment variables, then flags.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "master",
+    version,
+    about = "Crawler master: runs queued crawl jobs on its workers"
+)]
+pub struct MasterConfig {
+    /// Address workers connect to (gRPC).
+    #[arg(long, env = "MASTER__LISTEN", default_value = "127.0.0.1:50052")]
+    pub listen: SocketAddr,
+    /// Lock server address.
+    #[arg(
+        long,
+        env = "MASTER__LOCK_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub lock_server: String,
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "MASTER__AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_default_value = true
+    )]
+    pub amqp_url: String,
+    /// Redis URL of the result cache.
+    #[arg(
+        long,
+        env = "MASTER__REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    pub redis_url: String,
+    /// Prefix of queue names and cache keys; services of one cluster share it.
+    #[arg(long, env = "MASTER__NAMESPACE", default_value = "crawler")]
+    pub namespace: String,
+    /// This master's id; random when not set.
+    #[arg(long, env = "MASTER__ID", default_value_t = format!("master-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))]
+    pub master_id: String,
+    /// Jobs run at once; also the queue prefetch.
+    #[arg(long, env = "MASTER__MAX_JOBS", default_value_t = 8)]
+    pub max_jobs: u16,
+    /// URLs per batch sent to a worker.
+    #[arg(long, env = "MASTER__BATCH_SIZE", default_value_t = 8)]
+    pub batch_size: usize,
+    /// Lease length in milliseconds; heartbeats renew it three times per lease.
+    #[arg(long, env = "MASTER__LEASE_TTL_MS", default_value_t = 15_000)]
+    pub lease_ttl_ms: u32,
+    /// How long finished crawls stay in the cache, in seconds.
+    #[arg(long, env = "MASTER__CACHE_TTL_SECS", default_value_t = 3600)]
+    pub cache_ttl_secs: u64,
+    /// Log format: text or json.
+    #[arg(long, env = "MASTER__LOG_FORMAT", default_value = "text")]
+    pub log_format: crawler_core::telemetry::LogFormat,
+}
+
+impl MasterConfig {
+    /// Defaults, for tests and the embedded mode.
+    pub fn local(listen: SocketAddr, lock_server: String) -> Self {
+        let mut cfg = Self::parse_from(["master"]);
+        cfg.listen = listen;
+        cfg.lock_server = lock_server;
+        cfg
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.max_jobs >= 1, "--max-jobs must be at least 1");
+        anyhow::ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
+        anyhow::ensure!(
+            self.lease_ttl_ms >= 300,
+            "--lease-ttl-ms must be at least 300"
+        );
+        anyhow::ensure!(
+            self.lock_server.starts_with("http://") || self.lock_server.starts_with("https://"),
+            "--lock-server `{}` must start with http:// or https://",
+            self.lock_server
+        );
+        Ok(())
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(u64::from(self.lease_ttl_ms))
+    }
+
+    pub fn cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.cache_ttl_secs)
+    }
+}

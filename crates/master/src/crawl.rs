@@ -1,0 +1,151 @@
+//! A crawl as breadth-first levels.
+//!
+//! Level 0 is the start URL; level i+1 is every in-scope link found on level
+//! i that no earlier level holds, sorted so the result does not depend on
+//! which worker answered first. Depth N fetches levels 0..=N and follows
+//! links from levels 0..N-1. The page cap cuts the last level short.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crawler_core::model::{CrawlResult, JobSpec, PageFacts};
+use crawler_core::urls::Scope;
+use crawler_proto::v1;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::pool::WorkerPool;
+
+/// Progress a crawl shares with its heartbeat and progress reporters.
+#[derive(Default)]
+pub struct Progress {
+    pub pages_done: AtomicU32,
+    pub current_depth: AtomicU32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CrawlError {
+    #[error("the start URL `{0}` cannot be parsed")]
+    BadStartUrl(String),
+    #[error("the crawl was cancelled")]
+    Cancelled,
+}
+
+pub struct Crawl<'a> {
+    pub spec: &'a JobSpec,
+    pub pool: &'a Arc<WorkerPool>,
+    pub batch_size: usize,
+    pub progress: &'a Progress,
+    /// Called after every batch with the pages fetched so far.
+    pub on_progress: &'a (dyn Fn() + Send + Sync),
+    pub cancel: &'a CancellationToken,
+}
+
+impl Crawl<'_> {
+    pub async fn run(&self) -> Result<CrawlResult, CrawlError> {
+        let spec = self.spec;
+        let start = Url::parse(&spec.url).map_err(|_| CrawlError::BadStartUrl(spec.url.clone()))?;
+        let scope = Scope::new(&start, &spec.options);
+        let max_pages = spec.options.max_pages.max(1) as usize;
+        let options = v1::CrawlOptions::from(&spec.options);
+
+        let mut seen: HashSet<String> = HashSet::from([start.to_string()]);
+        let mut levels: Vec<Vec<String>> = vec![vec![start.to_string()]];
+        let mut pages: Vec<PageFacts> = Vec::new();
+        let mut truncated = false;
+
+        for depth in 0..=spec.depth {
+            self.progress.current_depth.store(depth, Ordering::Relaxed);
+            let frontier = levels[depth as usize].clone();
+            let mut fetched = self.fetch_level(depth, frontier, &options).await?;
+            fetched.sort_by(|a, b| a.url.cmp(&b.url));
+            // A redirect target counts as visited: it was just fetched.
+            seen.extend(fetched.iter().filter_map(|p| p.final_url.clone()));
+            let next: BTreeSet<String> = if depth < spec.depth {
+                fetched
+                    .iter()
+                    .flat_map(|p| p.links.iter())
+                    .filter(|link| !seen.contains(*link))
+                    .filter(|link| Url::parse(link).is_ok_and(|u| scope.contains(&u)))
+                    .cloned()
+                    .collect()
+            } else {
+                BTreeSet::new()
+            };
+            pages.extend(fetched);
+            let room = max_pages.saturating_sub(pages.len());
+            if next.len() > room {
+                truncated = true;
+            }
+            let next: Vec<String> = next.into_iter().take(room).collect();
+            if next.is_empty() {
+                break;
+            }
+            seen.extend(next.iter().cloned());
+            levels.push(next);
+        }
+        Ok(CrawlResult {
+            levels,
+            pages,
+            depth: spec.depth,
+            truncated,
+        })
+    }
+
+    /// Sends one level to the workers in batches and waits for every page.
+    async fn fetch_level(
+        &self,
+        depth: u32,
+        urls: Vec<String>,
+        options: &v1::CrawlOptions,
+    ) -> Result<Vec<PageFacts>, CrawlError> {
+        let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
+        let mut waiting: HashMap<u64, Vec<String>> = HashMap::new();
+        for chunk in urls.chunks(self.batch_size.max(1)) {
+            let id = self.pool.dispatch(
+                &self.spec.job_id.0,
+                depth,
+                chunk.to_vec(),
+                options.clone(),
+                reply_tx.clone(),
+            );
+            waiting.insert(id, chunk.to_vec());
+        }
+        let mut pages = Vec::with_capacity(urls.len());
+        while !waiting.is_empty() {
+            let result = tokio::select! {
+                _ = self.cancel.cancelled() => return Err(CrawlError::Cancelled),
+                r = reply_rx.recv() => r.expect("the crawl holds a sender"),
+            };
+            let Some(asked) = waiting.remove(&result.batch_id) else {
+                continue; // a duplicate answer for a re-dispatched batch
+            };
+            let mut answered: HashMap<String, PageFacts> = result
+                .pages
+                .into_iter()
+                .map(|p| (p.url.clone(), PageFacts::from(p)))
+                .collect();
+            let asked_count = asked.len() as u32;
+            for url in asked {
+                // Every URL asked for gets exactly one entry, even if a worker failed the batch.
+                let facts =
+                    answered.remove(&url).unwrap_or_else(|| PageFacts {
+                        url: url.clone(),
+                        depth,
+                        error: Some(result.failure.clone().unwrap_or_else(|| {
+                            "the worker returned no result for this URL".into()
+                        })),
+                        ..Default::default()
+                    });
+                pages.push(facts);
+            }
+            self.progress
+                .pages_done
+                .fetch_add(asked_count, Ordering::Relaxed);
+            (self.on_progress)();
+        }
+        Ok(pages)
+    }
+}

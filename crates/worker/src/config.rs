@@ -1,0 +1,120 @@
+//! Worker configuration: defaults that work locally, then `WORKER__*`
+//! environment variables, then flags.
+
+use std::time::Duration;
+
+use clap::Parser;
+use ipnet::IpNet;
+
+use crate::fetch::FetchConfig;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "worker",
+    version,
+    about = "Crawler worker: fetches the URL batches its masters send"
+)]
+pub struct WorkerConfig {
+    /// Master gRPC addresses to serve (comma-separated).
+    #[arg(
+        long = "master",
+        env = "WORKER__MASTERS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub masters: Vec<String>,
+    /// This worker's id; random when not set.
+    #[arg(long, env = "WORKER__ID", default_value_t = format!("worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))]
+    pub worker_id: String,
+    /// Networks that may be crawled although they are loopback, private or link-local (comma-separated CIDRs, e.g. 127.0.0.0/8).
+    #[arg(
+        long = "allow-network",
+        env = "WORKER__ALLOW_NETWORK",
+        value_delimiter = ','
+    )]
+    pub allow_network: Vec<IpNet>,
+    /// URL batches run at once per master (the credit granted to each master).
+    #[arg(long, env = "WORKER__BATCHES_IN_FLIGHT", default_value_t = 4)]
+    pub batches_in_flight: u32,
+    /// Pages fetched at once within one batch.
+    #[arg(long, env = "WORKER__FETCH_CONCURRENCY", default_value_t = 8)]
+    pub fetch_concurrency: usize,
+    /// Whole-request timeout in milliseconds.
+    #[arg(long, env = "WORKER__REQUEST_TIMEOUT_MS", default_value_t = 20_000)]
+    pub request_timeout_ms: u64,
+    /// Connect timeout in milliseconds.
+    #[arg(long, env = "WORKER__CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub connect_timeout_ms: u64,
+    /// Redirects followed per fetch; every hop is re-checked against the network policy.
+    #[arg(long, env = "WORKER__MAX_REDIRECTS", default_value_t = 5)]
+    pub max_redirects: usize,
+    /// Body bytes read per page (after decompression); the rest is skipped.
+    #[arg(long, env = "WORKER__MAX_BODY_BYTES", default_value_t = 5 * 1024 * 1024)]
+    pub max_body_bytes: u64,
+    /// User-Agent header sent with every request.
+    #[arg(long, env = "WORKER__USER_AGENT", default_value = concat!("crawler/", env!("CARGO_PKG_VERSION")))]
+    pub user_agent: String,
+    /// First reconnect delay in milliseconds; doubles up to the maximum, with jitter.
+    #[arg(long, env = "WORKER__MIN_BACKOFF_MS", default_value_t = 200)]
+    pub min_backoff_ms: u64,
+    /// Longest reconnect delay in milliseconds.
+    #[arg(long, env = "WORKER__MAX_BACKOFF_MS", default_value_t = 5_000)]
+    pub max_backoff_ms: u64,
+    /// Log format: text or json.
+    #[arg(long, env = "WORKER__LOG_FORMAT", default_value = "text")]
+    pub log_format: crawler_core::telemetry::LogFormat,
+}
+
+impl WorkerConfig {
+    /// Defaults for one worker of the given masters (tests, embedded mode).
+    pub fn for_masters(masters: Vec<String>, allow_network: Vec<IpNet>) -> Self {
+        let mut cfg = Self::parse_from(["worker"]);
+        cfg.masters = masters;
+        cfg.allow_network = allow_network;
+        cfg
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.masters.is_empty(),
+            "at least one --master address is required"
+        );
+        for m in &self.masters {
+            anyhow::ensure!(
+                m.starts_with("http://") || m.starts_with("https://"),
+                "master address `{m}` must start with http:// or https://"
+            );
+        }
+        anyhow::ensure!(
+            self.batches_in_flight >= 1,
+            "--batches-in-flight must be at least 1"
+        );
+        anyhow::ensure!(
+            self.fetch_concurrency >= 1,
+            "--fetch-concurrency must be at least 1"
+        );
+        anyhow::ensure!(
+            self.min_backoff_ms >= 1 && self.min_backoff_ms <= self.max_backoff_ms,
+            "backoff bounds are inverted"
+        );
+        Ok(())
+    }
+
+    pub fn fetch_config(&self) -> FetchConfig {
+        FetchConfig {
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            max_redirects: self.max_redirects,
+            max_body_bytes: self.max_body_bytes,
+            user_agent: self.user_agent.clone(),
+        }
+    }
+
+    pub fn min_backoff(&self) -> Duration {
+        Duration::from_millis(self.min_backoff_ms)
+    }
+
+    pub fn max_backoff(&self) -> Duration {
+        Duration::from_millis(self.max_backoff_ms)
+    }
+}

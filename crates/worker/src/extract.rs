@@ -1,0 +1,175 @@
+//! Link and title extraction from HTML as it streams in.
+//!
+//! lol_html parses chunk by chunk without building a DOM, so memory stays
+//! flat however large the page. Links are resolved only at the end because
+//! `<base href>` applies to the whole document, even links written before it.
+
+use std::sync::{Arc, Mutex};
+
+use lol_html::send::{HtmlRewriter, Settings};
+use lol_html::{element, text};
+use url::Url;
+
+const MAX_TITLE_CHARS: usize = 512;
+
+#[derive(Default)]
+struct Found {
+    base: Option<String>,
+    hrefs: Vec<String>,
+    title: String,
+    title_done: bool,
+}
+
+/// Feeds HTML chunks to a streaming parser and collects what a crawler needs.
+pub struct LinkExtractor {
+    rewriter: HtmlRewriter<'static, fn(&[u8])>,
+    found: Arc<Mutex<Found>>,
+}
+
+/// What a page said about itself.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Extracted {
+    pub title: Option<String>,
+    /// Normalised absolute links in document order, each once.
+    pub links: Vec<String>,
+}
+
+fn discard(_: &[u8]) {}
+
+impl LinkExtractor {
+    pub fn new() -> Self {
+        let found = Arc::new(Mutex::new(Found::default()));
+        let (on_base, on_link, on_title) = (found.clone(), found.clone(), found.clone());
+        let settings = Settings::new_send()
+            .append_element_content_handler(element!("base[href]", move |el| {
+                let mut f = on_base.lock().expect("extractor state");
+                // Only the first <base href> counts, as in browsers.
+                if f.base.is_none() {
+                    f.base = el.get_attribute("href");
+                }
+                Ok(())
+            }))
+            .append_element_content_handler(element!("a[href], area[href]", move |el| {
+                if let Some(href) = el.get_attribute("href") {
+                    on_link.lock().expect("extractor state").hrefs.push(href);
+                }
+                Ok(())
+            }))
+            .append_element_content_handler(text!("title", move |t| {
+                let mut f = on_title.lock().expect("extractor state");
+                if !f.title_done && f.title.len() < MAX_TITLE_CHARS * 4 {
+                    f.title.push_str(t.as_str());
+                }
+                if t.last_in_text_node() {
+                    f.title_done = true;
+                }
+                Ok(())
+            }));
+        Self {
+            rewriter: HtmlRewriter::new(settings, discard as fn(&[u8])),
+            found,
+        }
+    }
+
+    /// Parses the next chunk. Malformed HTML is not an error: browsers cope,
+    /// and so must a crawler; only a parser failure stops extraction.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), lol_html::errors::RewritingError> {
+        self.rewriter.write(chunk)
+    }
+
+    /// Finishes parsing and resolves the links against the page's base.
+    pub fn finish(self, page_url: &Url) -> Extracted {
+        // End-of-input errors only concern output we throw away.
+        let _ = self.rewriter.end();
+        let found = std::mem::take(&mut *self.found.lock().expect("extractor state"));
+        let base = found
+            .base
+            .as_deref()
+            .and_then(|b| page_url.join(b.trim()).ok())
+            .unwrap_or_else(|| page_url.clone());
+        let mut seen = std::collections::HashSet::new();
+        let links = found
+            .hrefs
+            .iter()
+            .filter_map(|href| crawler_core::urls::resolve_link(&base, &decode_entities(href)))
+            .map(String::from)
+            .filter(|u| seen.insert(u.clone()))
+            .collect();
+        let title = collapse_whitespace(&decode_entities(&found.title));
+        Extracted {
+            title: (!title.is_empty()).then(|| title.chars().take(MAX_TITLE_CHARS).collect()),
+            links,
+        }
+    }
+}
+
+impl Default for LinkExtractor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn collapse_whitespace(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// lol_html hands out attribute values and text as written; the few entities
+/// that matter in URLs and titles are decoded here.
+fn decode_entities(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_string();
+    }
+    s.replace("&amp;", "&")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&apos;", "'")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extract(html: &str, url: &str, chunk: usize) -> Extracted {
+        let mut ex = LinkExtractor::new();
+        for piece in html.as_bytes().chunks(chunk) {
+            ex.feed(piece).unwrap();
+        }
+        ex.finish(&Url::parse(url).unwrap())
+    }
+
+    #[test]
+    fn base_href_applies_to_links_before_and_after_it() {
+        let html = r#"<html><head><a href="early.html">e</a><base href="/docs/"><title> My
+            Page </title></head><body><a href="x.html#top">x</a><a href="http://Other.example/">o</a>
+            <a href="mailto:a@b">m</a><a href="x.html">dup</a><area href="/map"></body></html>"#;
+        for chunk in [1, 7, 4096] {
+            let out = extract(html, "http://site.test/a/b.html", chunk);
+            assert_eq!(out.title.as_deref(), Some("My Page"));
+            assert_eq!(
+                out.links,
+                vec![
+                    "http://site.test/docs/early.html",
+                    "http://site.test/docs/x.html",
+                    "http://other.example/",
+                    "http://site.test/map",
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn entities_in_hrefs_are_decoded() {
+        let out = extract(r#"<a href="/q?a=1&amp;b=2">q</a>"#, "http://s.test/", 3);
+        assert_eq!(out.links, vec!["http://s.test/q?a=1&b=2"]);
+    }
+
+    #[test]
+    fn a_page_without_title_or_links_yields_nothing() {
+        assert_eq!(
+            extract("<p>plain", "http://s.test/", 64),
+            Extracted::default()
+        );
+    }
+}

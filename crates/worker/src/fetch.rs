@@ -1,0 +1,218 @@
+//! Fetching one page safely: a pooled HTTP client whose resolver enforces
+//! the network policy on resolved addresses (so DNS cannot smuggle a request
+//! to 127.0.0.1), every redirect hop re-checked, timeouts, and a body cap
+//! that also bounds what decompression may produce.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crawler_core::model::PageFacts;
+use crawler_core::net_policy::NetworkPolicy;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use url::Url;
+
+use crate::extract::LinkExtractor;
+
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_redirects: usize,
+    pub max_body_bytes: u64,
+    pub user_agent: String,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(5),
+            max_redirects: 5,
+            max_body_bytes: 5 * 1024 * 1024,
+            user_agent: concat!("crawler/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+pub struct Fetcher {
+    client: reqwest::Client,
+    policy: Arc<NetworkPolicy>,
+    max_body_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetcherError {
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+impl Fetcher {
+    pub fn new(config: &FetchConfig, policy: NetworkPolicy) -> Result<Self, FetcherError> {
+        // reqwest is built without a default crypto provider; install ring once.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let policy = Arc::new(policy);
+        let client = reqwest::Client::builder()
+            .user_agent(config.user_agent.clone())
+            .timeout(config.request_timeout)
+            .connect_timeout(config.connect_timeout)
+            .pool_max_idle_per_host(16)
+            .no_proxy()
+            .redirect(redirect_policy(config.max_redirects, policy.clone()))
+            .dns_resolver(Arc::new(PolicyResolver {
+                policy: policy.clone(),
+            }))
+            .build()?;
+        Ok(Self {
+            client,
+            policy,
+            max_body_bytes: config.max_body_bytes,
+        })
+    }
+
+    /// Fetches `url` and reports what happened; failures are facts, not errors.
+    pub async fn fetch(&self, url: &Url, depth: u32) -> PageFacts {
+        let started = Instant::now();
+        let mut facts = PageFacts {
+            url: url.to_string(),
+            depth,
+            ..Default::default()
+        };
+        if let Err(reason) = check_literal_host(url, &self.policy) {
+            facts.error = Some(reason);
+            return facts;
+        }
+        match self.fetch_into(url, &mut facts).await {
+            Ok(()) => {}
+            Err(e) => facts.error = Some(describe(&e)),
+        }
+        facts.fetch_ms = started.elapsed().as_millis() as u64;
+        facts
+    }
+
+    async fn fetch_into(&self, url: &Url, facts: &mut PageFacts) -> Result<(), reqwest::Error> {
+        let mut response = self.client.get(url.clone()).send().await?;
+        let final_url = response.url().clone();
+        facts.status = Some(response.status().as_u16());
+        if final_url != *url {
+            facts.final_url = Some(final_url.to_string());
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let is_html = content_type.as_deref().is_some_and(is_html_type);
+        facts.content_type = content_type;
+        let mut extractor = is_html.then(LinkExtractor::new);
+        while let Some(chunk) = response.chunk().await? {
+            let room = self.max_body_bytes.saturating_sub(facts.bytes) as usize;
+            let take = chunk.len().min(room);
+            facts.bytes += take as u64;
+            if let Some(ex) = extractor.as_mut()
+                && ex.feed(&chunk[..take]).is_err()
+            {
+                extractor = None;
+            }
+            if take < chunk.len() {
+                // The body cap also bounds decompression: we stop reading here.
+                break;
+            }
+        }
+        if let Some(ex) = extractor {
+            let found = ex.finish(&final_url);
+            facts.title = found.title;
+            facts.links = found.links;
+        }
+        Ok(())
+    }
+}
+
+fn is_html_type(content_type: &str) -> bool {
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    mime.eq_ignore_ascii_case("text/html") || mime.eq_ignore_ascii_case("application/xhtml+xml")
+}
+
+/// An IP written in the URL never reaches the resolver, so it is checked here.
+fn check_literal_host(url: &Url, policy: &NetworkPolicy) -> Result<(), String> {
+    let ip: Option<IpAddr> = match url.host() {
+        Some(url::Host::Ipv4(v4)) => Some(v4.into()),
+        Some(url::Host::Ipv6(v6)) => Some(v6.into()),
+        _ => None,
+    };
+    match ip {
+        Some(ip) => policy
+            .check(ip)
+            .map_err(|e| format!("forbidden address: {e}")),
+        None => Ok(()),
+    }
+}
+
+fn redirect_policy(max: usize, policy: Arc<NetworkPolicy>) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > max {
+            return attempt.error(format!("more than {max} redirects"));
+        }
+        let next = attempt.url();
+        if !matches!(next.scheme(), "http" | "https") {
+            let scheme = next.scheme().to_string();
+            return attempt.error(format!("redirect to unsupported scheme `{scheme}`"));
+        }
+        if let Err(reason) = check_literal_host(next, &policy) {
+            return attempt.error(reason);
+        }
+        attempt.follow()
+    })
+}
+
+/// Resolves names and keeps only the addresses the policy allows; a name
+/// with none left fails, so the client never connects to a refused address.
+struct PolicyResolver {
+    policy: Arc<NetworkPolicy>,
+}
+
+impl Resolve for PolicyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut refused = None;
+            let allowed: Vec<SocketAddr> = resolved
+                .into_iter()
+                .filter(|addr| match policy.check(addr.ip()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        refused.get_or_insert(e);
+                        false
+                    }
+                })
+                .collect();
+            if allowed.is_empty() {
+                let reason = refused
+                    .map(|e| format!("forbidden address: {host} resolves to {e}"))
+                    .unwrap_or_else(|| format!("{host} has no addresses"));
+                return Err(reason.into());
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// The innermost useful cause, so a page's error says what really went wrong.
+fn describe(error: &reqwest::Error) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    if error.is_timeout() {
+        parts.insert(0, "timeout".into());
+    }
+    parts.join(": ")
+}

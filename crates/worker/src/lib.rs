@@ -1,0 +1,53 @@
+//! The crawler worker: stateless; it keeps a gRPC stream open to each of its
+//! masters, fetches the URL batches they send, and returns per-page facts.
+
+pub mod config;
+pub mod extract;
+pub mod fetch;
+mod session;
+
+use std::sync::Arc;
+
+use crawler_core::net_policy::NetworkPolicy;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::WorkerConfig;
+use fetch::Fetcher;
+
+pub struct Worker {
+    config: WorkerConfig,
+    fetcher: Arc<Fetcher>,
+}
+
+impl Worker {
+    pub fn build(config: WorkerConfig) -> anyhow::Result<Self> {
+        config.validate()?;
+        let policy = NetworkPolicy::new(config.allow_network.clone());
+        let fetcher = Arc::new(Fetcher::new(&config.fetch_config(), policy)?);
+        Ok(Self { config, fetcher })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.config.worker_id
+    }
+
+    /// Serves every configured master until `shutdown`, then drains.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        let sessions = TaskTracker::new();
+        for master in &self.config.masters {
+            let config = session::SessionConfig {
+                master: master.clone(),
+                worker_id: self.config.worker_id.clone(),
+                credit: self.config.batches_in_flight,
+                fetch_concurrency: self.config.fetch_concurrency,
+                min_backoff: self.config.min_backoff(),
+                max_backoff: self.config.max_backoff(),
+            };
+            sessions.spawn(session::run(config, self.fetcher.clone(), shutdown.clone()));
+        }
+        sessions.close();
+        sessions.wait().await;
+        tracing::info!(worker_id = %self.config.worker_id, "worker stopped");
+    }
+}

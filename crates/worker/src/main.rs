@@ -1,0 +1,14 @@
+use clap::Parser;
+use worker::{Worker, WorkerConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = WorkerConfig::parse();
+    crawler_core::telemetry::init_tracing("worker", "info", config.log_format);
+    let worker = Worker::build(config)?;
+    tracing::info!(worker_id = worker.id(), "worker starting");
+    worker
+        .run_until_stopped(crawler_core::shutdown::on_signal())
+        .await;
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! One worker's stream to one master: register, grant credit, run batches,
+//! and reconnect with backoff and jitter when the stream drops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crawler_proto::v1::{
+    self, BatchResult, Credit, Draining, MasterMessage, Register, WorkerMessage, master_message,
+    master_service_client::MasterServiceClient, worker_message,
+};
+use futures::StreamExt;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use url::Url;
+
+use crate::fetch::Fetcher;
+
+/// How long a stopping worker waits for batches in flight before leaving.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct SessionConfig {
+    pub master: String,
+    pub worker_id: String,
+    /// Batches this worker runs at once for this master: its credit.
+    pub credit: u32,
+    /// Pages fetched at once within a batch.
+    pub fetch_concurrency: usize,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// Keeps a session with one master alive until `shutdown`.
+pub async fn run(config: SessionConfig, fetcher: Arc<Fetcher>, shutdown: CancellationToken) {
+    let mut backoff = config.min_backoff;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match run_once(&config, &fetcher, &shutdown).await {
+            Ok(()) => return,
+            Err(SessionEnd::Registered(reason)) => {
+                // A session that got as far as registering was healthy: start over gently.
+                tracing::warn!(master = %config.master, %reason, "stream to master ended; reconnecting");
+                backoff = config.min_backoff;
+            }
+            Err(SessionEnd::NotRegistered(reason)) => {
+                tracing::warn!(master = %config.master, %reason, retry_in_ms = backoff.as_millis() as u64, "cannot reach master");
+            }
+        }
+        let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.5));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(jittered) => {}
+        }
+        backoff = (backoff * 2).min(config.max_backoff);
+    }
+}
+
+enum SessionEnd {
+    NotRegistered(String),
+    Registered(String),
+}
+
+async fn run_once(
+    config: &SessionConfig,
+    fetcher: &Arc<Fetcher>,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionEnd> {
+    let endpoint = tonic::transport::Endpoint::from_shared(config.master.clone())
+        .map_err(|e| SessionEnd::NotRegistered(format!("bad master address: {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| SessionEnd::NotRegistered(e.to_string()))?;
+    let mut client = MasterServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel::<WorkerMessage>(64);
+    send(
+        &tx,
+        worker_message::Msg::Register(Register {
+            worker_id: config.worker_id.clone(),
+            protocol_version: crawler_proto::WORK_PROTOCOL_VERSION,
+        }),
+    )
+    .await;
+    let mut inbound = client
+        .work(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| SessionEnd::NotRegistered(e.message().to_string()))?
+        .into_inner();
+
+    // Readiness is proven by the master's answer, not by the connection alone.
+    match inbound.next().await {
+        Some(Ok(MasterMessage {
+            msg: Some(master_message::Msg::Registered(r)),
+        })) => {
+            tracing::info!(master = %config.master, master_id = %r.master_id, "registered with master")
+        }
+        Some(Ok(_)) => {
+            return Err(SessionEnd::NotRegistered(
+                "master did not confirm registration".into(),
+            ));
+        }
+        Some(Err(status)) => return Err(SessionEnd::NotRegistered(status.message().to_string())),
+        None => return Err(SessionEnd::NotRegistered("master closed the stream".into())),
+    }
+    send(
+        &tx,
+        worker_message::Msg::Credit(Credit {
+            amount: config.credit,
+        }),
+    )
+    .await;
+
+    let batches = TaskTracker::new();
+    let outcome = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            message = inbound.next() => match message {
+                Some(Ok(MasterMessage { msg: Some(master_message::Msg::Batch(batch)) })) => {
+                    let (tx, fetcher, per_batch) = (tx.clone(), fetcher.clone(), config.fetch_concurrency);
+                    batches.spawn(async move {
+                        let result = run_batch(batch, &fetcher, per_batch).await;
+                        send(&tx, worker_message::Msg::Result(result)).await;
+                        send(&tx, worker_message::Msg::Credit(Credit { amount: 1 })).await;
+                    });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(status)) => break Err(SessionEnd::Registered(status.message().to_string())),
+                None => break Err(SessionEnd::Registered("master closed the stream".into())),
+            }
+        }
+    };
+    if outcome.is_ok() {
+        // Graceful stop: tell the master to send nothing more, finish what we hold.
+        send(&tx, worker_message::Msg::Draining(Draining {})).await;
+        batches.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, batches.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "batches still running after the drain timeout; the master will re-dispatch them"
+            );
+        }
+    }
+    outcome
+}
+
+async fn send(tx: &mpsc::Sender<WorkerMessage>, msg: worker_message::Msg) {
+    // A closed channel means the stream is gone; the session loop notices that itself.
+    let _ = tx.send(WorkerMessage { msg: Some(msg) }).await;
+}
+
+async fn run_batch(batch: v1::Batch, fetcher: &Fetcher, concurrency: usize) -> BatchResult {
+    let depth = batch.depth;
+    let pages = futures::stream::iter(batch.urls)
+        .map(|raw| async move {
+            match Url::parse(&raw) {
+                Ok(url) => fetcher.fetch(&url, depth).await,
+                Err(e) => crawler_core::model::PageFacts {
+                    url: raw,
+                    depth,
+                    error: Some(format!("invalid URL: {e}")),
+                    ..Default::default()
+                },
+            }
+        })
+        .buffered(concurrency.max(1))
+        .map(|facts| v1::PageFacts::from(&facts))
+        .collect()
+        .await;
+    BatchResult {
+        batch_id: batch.batch_id,
+        pages,
+        failure: None,
+    }
+}
