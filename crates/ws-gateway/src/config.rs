@@ -1,0 +1,114 @@
+//! Gateway configuration: defaults that work locally, then `WS_GATEWAY__*`
+//! environment variables, then flags.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use crawler_core::protocol::Limits;
+use ipnet::IpNet;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ws-gateway",
+    version,
+    about = "Crawler websocket gateway: ws://HOST:PORT/ws, /healthz, /readyz, /metrics"
+)]
+pub struct GatewayConfig {
+    /// HTTP and websocket address.
+    #[arg(long, env = "WS_GATEWAY__LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "WS_GATEWAY__AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_default_value = true
+    )]
+    pub amqp_url: String,
+    /// Redis URL of the result cache.
+    #[arg(
+        long,
+        env = "WS_GATEWAY__REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    pub redis_url: String,
+    /// Postgres URL of the job store; created and migrated when missing.
+    #[arg(
+        long,
+        env = "WS_GATEWAY__DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/crawler"
+    )]
+    pub database_url: String,
+    /// Prefix of queue names and cache keys; services of one cluster share it.
+    #[arg(long, env = "WS_GATEWAY__NAMESPACE", default_value = "crawler")]
+    pub namespace: String,
+    /// This gateway's routing key for results and progress; random when not set.
+    #[arg(long, env = "WS_GATEWAY__ID", default_value_t = format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))]
+    pub gateway_id: String,
+    /// Deepest crawl a client may ask for.
+    #[arg(long, env = "WS_GATEWAY__MAX_DEPTH", default_value_t = 5)]
+    pub max_depth: u32,
+    /// Page cap of a job that names none.
+    #[arg(long, env = "WS_GATEWAY__DEFAULT_MAX_PAGES", default_value_t = 1000)]
+    pub default_max_pages: u32,
+    /// Largest page cap a job may ask for.
+    #[arg(long, env = "WS_GATEWAY__MAX_PAGES", default_value_t = 10_000)]
+    pub max_pages: u32,
+    /// Largest text frame accepted, in bytes.
+    #[arg(long, env = "WS_GATEWAY__MAX_FRAME_BYTES", default_value_t = 256 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Networks that may be crawled although they are loopback, private or link-local (comma-separated CIDRs).
+    #[arg(
+        long = "allow-network",
+        env = "WS_GATEWAY__ALLOW_NETWORK",
+        value_delimiter = ','
+    )]
+    pub allow_network: Vec<IpNet>,
+    /// Log format: text or json.
+    #[arg(long, env = "WS_GATEWAY__LOG_FORMAT", default_value = "text")]
+    pub log_format: crawler_core::telemetry::LogFormat,
+}
+
+impl GatewayConfig {
+    /// Defaults, for tests and the embedded mode.
+    pub fn local(listen: SocketAddr, allow_network: Vec<IpNet>) -> Self {
+        let mut cfg = Self::parse_from(["ws-gateway"]);
+        cfg.listen = listen;
+        cfg.allow_network = allow_network;
+        cfg
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.max_pages >= 1, "--max-pages must be at least 1");
+        anyhow::ensure!(
+            (1..=self.max_pages).contains(&self.default_max_pages),
+            "--default-max-pages must be from 1 to --max-pages"
+        );
+        anyhow::ensure!(
+            self.max_frame_bytes >= 1024,
+            "--max-frame-bytes must be at least 1024"
+        );
+        anyhow::ensure!(
+            !self.gateway_id.is_empty()
+                && self
+                    .gateway_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "--gateway-id may hold only letters, digits, `-` and `_`"
+        );
+        Ok(())
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_depth: self.max_depth,
+            max_pages: self.max_pages,
+            default_pages: self.default_max_pages,
+        }
+    }
+
+    pub fn resolve_timeout(&self) -> Duration {
+        Duration::from_secs(3)
+    }
+}

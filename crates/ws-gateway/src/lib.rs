@@ -1,0 +1,153 @@
+//! The websocket gateway: clients submit crawl jobs and receive results.
+//! It validates each job, answers from the cache when it can, queues the
+//! rest with its own routing key, and delivers each result once.
+
+pub mod config;
+mod connection;
+mod events;
+mod metrics;
+mod requests;
+mod routes;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use crawler_core::net_policy::NetworkPolicy;
+use crawler_core::ports::Engines;
+use crawler_core::protocol::Limits;
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::GatewayConfig;
+use metrics::Metrics;
+use routes::Routes;
+
+/// Shared by every connection of this gateway.
+#[derive(Clone)]
+pub struct AppState {
+    engines: Engines,
+    gateway_key: String,
+    limits: Limits,
+    policy: Arc<NetworkPolicy>,
+    max_frame_bytes: usize,
+    resolve_timeout: Duration,
+    routes: Arc<Routes>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+pub struct Gateway {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Gateway {
+    /// Binds first, so port 0 works and the address is known before serving.
+    pub async fn build(config: GatewayConfig, engines: Engines) -> anyhow::Result<Self> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let state = AppState {
+            engines,
+            gateway_key: config.gateway_id.clone(),
+            limits: config.limits(),
+            policy: Arc::new(NetworkPolicy::new(config.allow_network.clone())),
+            max_frame_bytes: config.max_frame_bytes,
+            resolve_timeout: config.resolve_timeout(),
+            routes: Arc::default(),
+            metrics: Arc::default(),
+            ready: Arc::default(),
+        };
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        let router = Router::new()
+            .route("/", get(index))
+            .route("/ws", get(upgrade))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .with_state(self.state.clone());
+        let events = tokio::spawn(events::route_events(self.state.clone(), shutdown.clone()));
+        tracing::info!(%addr, gateway = %self.state.gateway_key, "gateway listening on ws://{addr}/ws");
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await?;
+        shutdown.cancel();
+        let _ = events.await;
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}
+
+/// Client ids are chosen by clients to find their jobs again; keep them tame.
+fn valid_client_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+async fn upgrade(
+    ws: WebSocketUpgrade,
+    Query(query): Query<HashMap<String, String>>,
+    State(state): State<AppState>,
+) -> Response {
+    let client_id = match query.get("clientId") {
+        Some(id) if valid_client_id(id) => id.clone(),
+        Some(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "clientId must be 1 to 128 letters, digits, `-`, `_` or `.`",
+            )
+                .into_response();
+        }
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    // Frames over the protocol limit still arrive whole so the client gets a
+    // clear `message_too_large` instead of a dropped connection.
+    let transport_limit = state.max_frame_bytes.saturating_mul(4).max(1 << 20);
+    ws.max_message_size(transport_limit)
+        .on_upgrade(move |socket| async move {
+            let (sink, stream) = socket.split();
+            connection::serve(state, client_id, sink, stream).await;
+        })
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not subscribed to results yet",
+        )
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.metrics.render(state.routes.pending())
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("index.html"))
+}
