@@ -1,0 +1,107 @@
+//! Every service in one process, on loopback ports, with the embedded engines
+//! (in-process queue and cache, in-memory SQLite). The services talk through
+//! the same gRPC and queue code paths as in a cluster.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use ipnet::IpNet;
+use lock_server::LockServer;
+use master::{Master, MasterConfig};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use worker::{Worker, WorkerConfig};
+use ws_gateway::{Gateway, GatewayConfig};
+
+pub struct EmbeddedOptions {
+    pub allow_network: Vec<IpNet>,
+    pub workers: usize,
+    pub max_depth: u32,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            allow_network: Vec::new(),
+            workers: 2,
+            max_depth: 5,
+        }
+    }
+}
+
+/// A running one-process cluster; dropping it does not stop it, `stop` does.
+pub struct EmbeddedCluster {
+    pub gateway: SocketAddr,
+    pub master_stats: master::Stats,
+    shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl EmbeddedCluster {
+    pub async fn start(options: EmbeddedOptions) -> anyhow::Result<Self> {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
+        let engines = crawler_adapters::embedded_engines()
+            .await
+            .context("starting the embedded engines")?;
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+
+        let lock = LockServer::build(loopback, engines.store.clone()).await?;
+        let lock_url = format!("http://{}", lock.local_addr());
+        tasks.spawn(lock.run_until_stopped(shutdown.clone()));
+
+        let master = Master::build(
+            MasterConfig::local(loopback, lock_url),
+            engines.queue.clone(),
+            engines.cache.clone(),
+        )
+        .await?;
+        let master_url = format!("http://{}", master.local_addr());
+        let master_stats = master.stats();
+        tasks.spawn(master.run_until_stopped(shutdown.clone()));
+
+        for _ in 0..options.workers.max(1) {
+            let worker = Worker::build(WorkerConfig::for_masters(
+                vec![master_url.clone()],
+                options.allow_network.clone(),
+            ))?;
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                worker.run_until_stopped(token).await;
+                Ok(())
+            });
+        }
+
+        let mut gateway_config = GatewayConfig::local(loopback, options.allow_network);
+        gateway_config.max_depth = options.max_depth;
+        let gateway = Gateway::build(gateway_config, engines).await?;
+        let gateway_addr = gateway.local_addr();
+        tasks.spawn(gateway.run_until_stopped(shutdown.clone()));
+
+        Ok(Self {
+            gateway: gateway_addr,
+            master_stats,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.gateway)
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Ok(Err(e)) = joined {
+                tracing::warn!(error = %e, "embedded service stopped with an error");
+            }
+        }
+    }
+}
+
+impl Drop for EmbeddedCluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,6 @@
+//! crawlctl: the crawler's command-line client, the one-process embedded
+//! cluster, and a small sample site to crawl without any network.
+
+pub mod client;
+pub mod embedded;
+pub mod sample_site;

@@ -1,0 +1,155 @@
+use std::io::{IsTerminal, Write};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use crawlctl::client::{self, CrawlRequest};
+use crawlctl::embedded::{EmbeddedCluster, EmbeddedOptions};
+use crawlctl::sample_site::SampleSite;
+use ipnet::IpNet;
+
+#[derive(Parser)]
+#[command(
+    name = "crawlctl",
+    version,
+    about = "Command-line client of the crawler"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Crawl URL to DEPTH. Without --gateway, runs every service in this process.
+    Crawl {
+        url: String,
+        /// Crawl depth: 0 fetches the URL alone, 1 also the pages it links to, and so on.
+        #[arg(long, short, default_value_t = 1)]
+        depth: u32,
+        /// Gateway websocket URL, e.g. ws://127.0.0.1:8080/ws. Without it, an embedded cluster runs in this process.
+        #[arg(long, env = "CRAWLCTL__GATEWAY")]
+        gateway: Option<String>,
+        /// Print the full result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Networks the embedded cluster may crawl although they are loopback or private (comma-separated CIDRs).
+        #[arg(long = "allow-network", value_delimiter = ',')]
+        allow_network: Vec<IpNet>,
+        /// Page cap of this job (the gateway's default when unset).
+        #[arg(long)]
+        max_pages: Option<u32>,
+        /// More hosts in scope besides the start URL's host (comma-separated).
+        #[arg(long = "allow-host", value_delimiter = ',')]
+        allowed_hosts: Vec<String>,
+        /// Also crawl subdomains of the in-scope hosts.
+        #[arg(long)]
+        include_subdomains: bool,
+        /// Job id sent to the gateway; random when unset.
+        #[arg(long)]
+        job_id: Option<String>,
+    },
+    /// Serve a small sample site on loopback and crawl it with the embedded cluster: no network needed.
+    Demo {
+        #[arg(long, short, default_value_t = 2)]
+        depth: u32,
+        /// Print the full result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    crawler_core::telemetry::init_tracing("crawlctl", "warn", Default::default());
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Crawl {
+            url,
+            depth,
+            gateway,
+            json,
+            allow_network,
+            max_pages,
+            allowed_hosts,
+            include_subdomains,
+            job_id,
+        } => {
+            let request = CrawlRequest {
+                job_id: job_id.unwrap_or_else(|| format!("cli-{}", std::process::id())),
+                url,
+                depth,
+                max_pages,
+                allowed_hosts,
+                include_subdomains,
+                spider: None,
+            };
+            match gateway {
+                Some(ws_url) => crawl_and_print(&ws_url, &request, json).await,
+                None => {
+                    let cluster = EmbeddedCluster::start(EmbeddedOptions {
+                        allow_network,
+                        ..Default::default()
+                    })
+                    .await
+                    .context("starting the embedded cluster")?;
+                    let outcome = crawl_and_print(&cluster.ws_url(), &request, json).await;
+                    cluster.stop().await;
+                    outcome
+                }
+            }
+        }
+        Command::Demo { depth, json } => {
+            let site = SampleSite::start()
+                .await
+                .context("starting the sample site")?;
+            eprintln!("sample site at {}", site.start_url());
+            let cluster = EmbeddedCluster::start(EmbeddedOptions {
+                allow_network: vec!["127.0.0.0/8".parse().expect("literal network")],
+                ..Default::default()
+            })
+            .await
+            .context("starting the embedded cluster")?;
+            let request = CrawlRequest {
+                job_id: "demo".into(),
+                url: site.start_url(),
+                depth,
+                max_pages: None,
+                allowed_hosts: Vec::new(),
+                include_subdomains: false,
+                spider: None,
+            };
+            let outcome = crawl_and_print(&cluster.ws_url(), &request, json).await;
+            cluster.stop().await;
+            outcome
+        }
+    }
+}
+
+async fn crawl_and_print(ws_url: &str, request: &CrawlRequest, json: bool) -> anyhow::Result<()> {
+    let show_progress = std::io::stderr().is_terminal();
+    let result = client::crawl(ws_url, request, |p| {
+        if show_progress {
+            eprint!(
+                "\rdepth {} · {} pages fetched",
+                p["currentDepth"], p["pagesDone"]
+            );
+            let _ = std::io::stderr().flush();
+        }
+    })
+    .await?;
+    if show_progress {
+        eprint!("\r\x1b[2K");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", client::summarize(&result));
+    }
+    Ok(())
+}
