@@ -12,6 +12,13 @@ pub mod crawler {
 
 pub use crawler::v1;
 
+/// Version 1 of the spider file-sync contract.
+pub mod filesync {
+    pub mod v1 {
+        tonic::include_proto!("crawler.filesync.v1");
+    }
+}
+
 /// Bumped whenever the master/worker stream changes incompatibly; a master
 /// refuses a worker that registers with another version.
 pub const WORK_PROTOCOL_VERSION: u32 = 1;
