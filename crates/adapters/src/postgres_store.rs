@@ -181,11 +181,12 @@ async fn create_database(options: &PgConnectOptions, name: &str, shown: &str) ->
             tracing::info!(database = name, "created the job store database");
             Ok(())
         }
-        // 42P04: duplicate_database — another process created it first.
+        // Another process created it first: 42P04 (duplicate_database), or
+        // 23505 (unique_violation on pg_database) when both ran at once.
         Err(e)
             if e.as_database_error()
                 .and_then(|d| d.code())
-                .is_some_and(|c| c == "42P04") =>
+                .is_some_and(|c| c == "42P04" || c == "23505") =>
         {
             Ok(())
         }

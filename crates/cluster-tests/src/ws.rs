@@ -1,0 +1,122 @@
+//! A websocket test client: every wait has a deadline.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct WsClient {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Messages read while waiting for another one.
+    backlog: Vec<Value>,
+    pub client_id: String,
+}
+
+impl WsClient {
+    /// Connects and reads the `welcome` message.
+    pub async fn connect(ws_url: &str) -> Self {
+        let (socket, _) = tokio_tungstenite::connect_async(ws_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {ws_url}: {e}"));
+        let mut client = Self {
+            socket,
+            backlog: Vec::new(),
+            client_id: String::new(),
+        };
+        let welcome = client.next_where(|m| m["type"] == "welcome").await;
+        client.client_id = welcome["clientId"]
+            .as_str()
+            .expect("welcome has a clientId")
+            .to_string();
+        client
+    }
+
+    /// Connects as an earlier client, to see its jobs again.
+    pub async fn reconnect(ws_base: &str, client_id: &str) -> Self {
+        let client = Self::connect(&format!("{ws_base}?clientId={client_id}")).await;
+        assert_eq!(client.client_id, client_id);
+        client
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.socket
+            .send(Message::text(text.into()))
+            .await
+            .expect("send a text frame");
+    }
+
+    pub async fn send_json(&mut self, value: &Value) {
+        self.send_text(value.to_string()).await;
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.socket
+            .send(Message::binary(bytes))
+            .await
+            .expect("send a binary frame");
+    }
+
+    pub async fn submit(&mut self, job_id: &str, url: &str, depth: u32) {
+        self.send_json(&json!({"type": "submit", "jobId": job_id, "url": url, "depth": depth}))
+            .await;
+    }
+
+    /// The next message matching `pred`, keeping the others for later waits.
+    pub async fn next_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i);
+        }
+        let wait = async {
+            loop {
+                let frame = self
+                    .socket
+                    .next()
+                    .await
+                    .expect("the gateway closed the connection")
+                    .expect("read a frame");
+                let Message::Text(text) = frame else { continue };
+                let value: Value =
+                    serde_json::from_str(text.as_str()).expect("the gateway sends JSON");
+                if pred(&value) {
+                    return value;
+                }
+                self.backlog.push(value);
+            }
+        };
+        match tokio::time::timeout(DEADLINE, wait).await {
+            Ok(v) => v,
+            Err(_) => panic!(
+                "no matching message within {DEADLINE:?}; seen: {:?}",
+                self.backlog
+            ),
+        }
+    }
+
+    /// The final message of a job: its `result` or its `error`.
+    pub async fn outcome(&mut self, job_id: &str) -> Value {
+        self.next_where(|m| m["jobId"] == job_id && (m["type"] == "result" || m["type"] == "error"))
+            .await
+    }
+
+    /// A result, failing the test with the error if one came instead.
+    pub async fn result(&mut self, job_id: &str) -> Value {
+        let outcome = self.outcome(job_id).await;
+        assert_eq!(outcome["type"], "result", "job {job_id} failed: {outcome}");
+        outcome
+    }
+
+    /// The error a bad frame earned.
+    pub async fn error(&mut self) -> Value {
+        self.next_where(|m| m["type"] == "error").await
+    }
+
+    /// Messages already received and not yet consumed by a wait.
+    pub fn backlog(&self) -> &[Value] {
+        &self.backlog
+    }
+}
