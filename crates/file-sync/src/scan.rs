@@ -177,8 +177,10 @@ impl Spiders {
             add(&self.metrics.scan_cache_hits, 1);
             return Ok(c.scan.clone());
         }
-        let dir = self.spider_dir(spider)?;
+        // The folder is looked up under the read lock: an upload swapping it
+        // in holds the write lock, so we never see it missing in between.
         let _reading = slot.swap.read().await;
+        let dir = self.spider_dir(spider)?;
         let generation = slot.generation.load(Ordering::SeqCst);
         let previous = cached
             .as_ref()

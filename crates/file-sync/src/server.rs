@@ -286,7 +286,17 @@ impl FileSync for Service {
         let state = &self.state;
         add(&state.metrics.download_requests, 1);
         crate::paths::validate_relative(&req.path).map_err(escape_status)?;
-        let (file, entry) = self.open_for_download(&req.spider, &req.path).await?;
+        let (file, entry) = match self.open_for_download(&req.spider, &req.path).await {
+            // The client listed this file in an earlier version: it is the
+            // version that changed, not the client that is wrong.
+            Err(s) if s.code() == tonic::Code::NotFound && !req.expected_hash.is_empty() => {
+                return Err(Status::failed_precondition(format!(
+                    "file_changed: {}",
+                    s.message()
+                )));
+            }
+            other => other?,
+        };
         if !req.expected_hash.is_empty() && req.expected_hash != entry.hash {
             return Err(Status::failed_precondition(format!(
                 "file_changed: {} now has hash {}, not {}",
@@ -459,10 +469,10 @@ impl Service {
             if entry.walk.is_dir {
                 return Err(ErrorCode::InvalidField.status(format!("{path} is a folder")));
             }
-            let dir = spiders.spider_dir(spider).map_err(scan_status)?;
-            let full = join_under(&dir, path).map_err(escape_status)?;
             let slot = spiders.slot(spider);
             let _reading = slot.swap.read().await;
+            let dir = spiders.spider_dir(spider).map_err(scan_status)?;
+            let full = join_under(&dir, path).map_err(escape_status)?;
             let rel = path.to_owned();
             let opened = tokio::task::spawn_blocking(move || open_inside(&dir, &full, rel))
                 .await

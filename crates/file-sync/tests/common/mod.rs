@@ -82,9 +82,11 @@ pub struct InProcess {
 
 impl InProcess {
     pub async fn start(root: &Path) -> Self {
-        let server = FileSyncServer::build(Config::for_root(root))
-            .await
-            .expect("server builds");
+        Self::start_with(Config::for_root(root)).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let server = FileSyncServer::build(config).await.expect("server builds");
         let addr = server.local_addr();
         let metrics = server.metrics();
         let stop = CancellationToken::new();
