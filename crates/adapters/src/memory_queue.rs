@@ -329,3 +329,46 @@ impl Drop for MemoryAcker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn queue_expiring_idle_lanes_at_once() -> MemoryQueue {
+        MemoryQueue::new(QueueSettings {
+            event_queue_expiry: Duration::ZERO,
+            ..QueueSettings::default()
+        })
+    }
+
+    fn has_lane(queue: &MemoryQueue, gateway: &str) -> bool {
+        queue.shared.lock().events.contains_key(gateway)
+    }
+
+    #[tokio::test]
+    async fn event_queues_of_vanished_gateways_expire() {
+        let queue = queue_expiring_idle_lanes_at_once();
+        queue
+            .publish_event("vanished", EventKind::Result, b"x".to_vec())
+            .await
+            .unwrap();
+        queue
+            .publish_event("other", EventKind::Result, b"y".to_vec())
+            .await
+            .unwrap();
+        assert!(!has_lane(&queue, "vanished"));
+    }
+
+    #[tokio::test]
+    async fn event_queues_with_a_consumer_stay() {
+        let queue = queue_expiring_idle_lanes_at_once();
+        let _events = queue.consume_events("present").await.unwrap();
+        queue
+            .publish_event("other", EventKind::Progress, b"y".to_vec())
+            .await
+            .unwrap();
+        assert!(has_lane(&queue, "present"));
+    }
+}

@@ -39,17 +39,21 @@ impl PgStore {
         let shown = redact_url(database_url);
         let options = PgConnectOptions::from_str(database_url)
             .map_err(|e| failure(&format!("invalid database url {shown}"), e))?;
-        let pool = match open_pool(options.clone()).await {
-            Ok(pool) => pool,
+        // One plain connection first: a pool keeps retrying a refused
+        // connection until its acquire timeout, while this fails at once.
+        match PgConnection::connect_with(&options).await {
+            Ok(probe) => {
+                let _ = probe.close().await;
+            }
             Err(e) if is_missing_database(&e) => {
                 let name = options.get_database().unwrap_or_default().to_string();
                 create_database(&options, &name, &shown).await?;
-                open_pool(options)
-                    .await
-                    .map_err(|e| failure(&format!("cannot reach Postgres at {shown}"), e))?
             }
             Err(e) => return Err(failure(&format!("cannot reach Postgres at {shown}"), e)),
-        };
+        }
+        let pool = open_pool(options)
+            .await
+            .map_err(|e| failure(&format!("cannot reach Postgres at {shown}"), e))?;
         let store = Self { pool };
         store.migrate().await?;
         Ok(store)

@@ -109,6 +109,22 @@ impl RabbitQueue {
         Ok(())
     }
 
+    /// Closes the current connection; the next call opens a new one.
+    /// Consumers of the old connection see their streams end and must
+    /// consume again. Lets tests exercise reconnection, and lets an operator
+    /// move a service off a broker node.
+    pub async fn close_connection(&self) {
+        if let Some(session) = self.session.lock().await.take() {
+            let _ = session
+                .connection
+                .close(
+                    lapin::protocol::constants::REPLY_SUCCESS,
+                    "closed by the crawler".into(),
+                )
+                .await;
+        }
+    }
+
     fn failure(&self, what: &str, cause: lapin::Error) -> AdapterError {
         AdapterError::new(ENGINE, format!("{what} on {}: {cause}", self.shown_url))
     }
@@ -307,6 +323,10 @@ impl JobQueue for RabbitQueue {
     }
 
     async fn consume_jobs(&self, prefetch: u16) -> AdapterResult<DeliveryStream> {
+        // AMQP reads 0 as "unlimited", which is never what a caller means.
+        if prefetch == 0 {
+            return Err(AdapterError::new(ENGINE, "prefetch must be at least 1"));
+        }
         let session = self.session().await?;
         let channel = self.open_channel(&session).await?;
         channel
