@@ -84,10 +84,9 @@ impl Service {
                 if let Some(addr) = line
                     .split_whitespace()
                     .find_map(|w| w.strip_prefix("addr="))
+                    && let Some(tx) = addr_tx.take()
                 {
-                    if let Some(tx) = addr_tx.take() {
-                        let _ = tx.send(addr.to_string());
-                    }
+                    let _ = tx.send(addr.to_string());
                 }
                 lines.lock().expect("log lock").push(line);
             }

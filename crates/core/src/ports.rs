@@ -45,8 +45,8 @@ pub enum EventKind {
 }
 
 /// A message taken from a queue and not yet settled. Dropping it without
-/// settling leaves it unacknowledged; the queue redelivers it when the
-/// consumer goes away.
+/// settling gives it back at once: the queue redelivers it, marked
+/// `redelivered`, to any consumer.
 pub struct Delivery {
     pub payload: Vec<u8>,
     /// True when an earlier consumer received this message and did not ack it.

@@ -5,6 +5,7 @@ pub mod convert;
 
 /// Version 1 of the crawl contracts: the lock service and the master/worker stream.
 pub mod crawler {
+    #[allow(clippy::large_enum_variant)] // generated code: oneofs hold messages by value
     pub mod v1 {
         tonic::include_proto!("crawler.v1");
     }

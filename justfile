@@ -1,0 +1,25 @@
+# Common tasks. `just --list` shows them.
+
+# Crawl the built-in sample site with the one-process embedded cluster.
+demo:
+    cargo run -p crawlctl -- demo
+
+# Start a local cluster of separate processes on the local engines.
+up workers="2":
+    scripts/local-cluster {{workers}}
+
+# The whole test suite (starts stopped engines first).
+test *args:
+    scripts/test {{args}}
+
+# Formatting and lints, as CI expects them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Benchmarks: they print figures and ratios against a peer measured in the same run.
+bench:
+    cargo bench -p file-sync --bench sync_bench
+
+# Everything a change must pass.
+verify: lint test
