@@ -158,7 +158,12 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub async fn start(masters: usize, workers: usize, master_args: &[&str]) -> Self {
+    pub async fn start(
+        masters: usize,
+        workers: usize,
+        master_args: &[&str],
+        worker_args: &[&str],
+    ) -> Self {
         let engines = EngineUrls::from_env();
         let namespace = format!("test-{}", uuid::Uuid::new_v4().simple());
         let (store, database) = crawler_adapters::PgStore::connect_fresh(&engines.postgres_server)
@@ -214,6 +219,8 @@ impl Cluster {
                 s("--worker-id"),
                 format!("worker-{i}"),
             ];
+            let mut args = args;
+            args.extend(worker_args.iter().map(|a| a.to_string()));
             worker_services
                 .push(Service::start(&format!("worker-{i}"), "worker", &args, false).await);
         }

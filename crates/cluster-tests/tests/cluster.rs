@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_processes_crawl_the_sample_site_through_both_message_forms() {
-    let cluster = Cluster::start(1, 2, &[]).await;
+    let cluster = Cluster::start(1, 2, &[], &[]).await;
     let modern = SampleSite::start().await.unwrap();
     let legacy = SampleSite::start().await.unwrap();
     let mut client = WsClient::connect(&cluster.ws_url()).await;
@@ -41,7 +41,7 @@ async fn separate_processes_crawl_the_sample_site_through_both_message_forms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_job_is_answered_from_the_cache_without_reaching_a_master() {
-    let cluster = Cluster::start(1, 1, &[]).await;
+    let cluster = Cluster::start(1, 1, &[], &[]).await;
     let site = SampleSite::start().await.unwrap();
     let base = format!("http://{}", site.addr);
     let mut client = WsClient::connect(&cluster.ws_url()).await;
@@ -79,7 +79,7 @@ async fn a_repeated_job_is_answered_from_the_cache_without_reaching_a_master() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_error_and_the_connection_stays_usable() {
-    let cluster = Cluster::start(1, 1, &[]).await;
+    let cluster = Cluster::start(1, 1, &[], &[]).await;
     let site = SampleSite::start().await.unwrap();
     let mut client = WsClient::connect(&cluster.ws_url()).await;
     let url = site.start_url();
@@ -180,7 +180,7 @@ async fn bad_input_gets_a_clear_error_and_the_connection_stays_usable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_masters_and_three_workers_share_twenty_concurrent_jobs() {
-    let cluster = Cluster::start(2, 3, &["--max-jobs", "3"]).await;
+    let cluster = Cluster::start(2, 3, &["--max-jobs", "3"], &[]).await;
     let site = SampleSite::start().await.unwrap();
     let base = format!("http://{}", site.addr);
     let mut clients = Vec::new();
@@ -263,7 +263,7 @@ async fn the_embedded_default_gives_the_same_levels_as_the_cluster() {
         serde_json::from_slice(&output.stdout).expect("crawlctl --json prints one JSON object");
     assert_sample_site_result(&embedded, &format!("http://{}", site.addr), 2);
 
-    let cluster = Cluster::start(1, 1, &[]).await;
+    let cluster = Cluster::start(1, 1, &[], &[]).await;
     let mut client = WsClient::connect(&cluster.ws_url()).await;
     client.submit("cluster", &url, 2).await;
     let clustered = client.result("cluster").await;

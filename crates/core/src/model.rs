@@ -79,6 +79,9 @@ pub struct PageFacts {
     /// Normalised absolute links on the page, in document order, deduplicated.
     #[serde(default)]
     pub links: Vec<String>,
+    /// Fields the job's spider extracted: name -> text of each match.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fields: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// A finished crawl: `levels[i]` holds the URLs first found at depth `i`.

@@ -47,6 +47,22 @@ enum Command {
         /// Job id sent to the gateway; random when unset.
         #[arg(long)]
         job_id: Option<String>,
+        /// Spider whose rules apply (needs a cluster whose workers reach file-sync).
+        #[arg(long)]
+        spider: Option<String>,
+    },
+    /// Publish, list and fetch spiders on a file-sync server.
+    Spider {
+        /// file-sync address.
+        #[arg(
+            long,
+            env = "CRAWLCTL__FILE_SYNC",
+            default_value = "http://127.0.0.1:50053",
+            global = true
+        )]
+        file_sync: String,
+        #[command(subcommand)]
+        command: SpiderCommand,
     },
     /// Serve a small sample site on loopback and crawl it with the embedded cluster: no network needed.
     Demo {
@@ -55,6 +71,24 @@ enum Command {
         /// Print the full result as JSON on stdout.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpiderCommand {
+    /// Publish DIR as a spider; workers see the new version all at once.
+    Push {
+        dir: std::path::PathBuf,
+        /// Spider name; the folder's name when unset.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the spiders the server holds.
+    List,
+    /// Mirror spider NAME into DIR exactly (files the server lacks are deleted from DIR).
+    Pull {
+        name: String,
+        dir: std::path::PathBuf,
     },
 }
 
@@ -79,6 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             allowed_hosts,
             include_subdomains,
             job_id,
+            spider,
         } => {
             let request = CrawlRequest {
                 job_id: job_id.unwrap_or_else(|| format!("cli-{}", std::process::id())),
@@ -87,7 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_pages,
                 allowed_hosts,
                 include_subdomains,
-                spider: None,
+                spider,
             };
             match gateway {
                 Some(ws_url) => crawl_and_print(&ws_url, &request, json).await,
@@ -104,6 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Spider { file_sync, command } => spider(&file_sync, command).await,
         Command::Demo { depth, json } => {
             let site = SampleSite::start()
                 .await
@@ -129,6 +165,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             outcome
         }
     }
+}
+
+async fn spider(file_sync: &str, command: SpiderCommand) -> anyhow::Result<()> {
+    use file_sync::client;
+    match command {
+        SpiderCommand::Push { dir, name } => {
+            let name = match name {
+                Some(name) => name,
+                None => dir
+                    .canonicalize()
+                    .with_context(|| format!("reading {}", dir.display()))?
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(str::to_owned)
+                    .context("the folder has no usable name; pass --name")?,
+            };
+            let report = client::push_folder(file_sync, &name, &dir).await?;
+            println!(
+                "pushed spider `{name}`: {} entries, {} bytes (version {})",
+                report.entries, report.bytes, report.scan_id
+            );
+        }
+        SpiderCommand::List => {
+            for name in client::list_spiders(file_sync).await? {
+                println!("{name}");
+            }
+        }
+        SpiderCommand::Pull { name, dir } => {
+            let report = client::mirror(file_sync, &name, &dir, &Default::default()).await?;
+            println!(
+                "pulled spider `{name}` into {}: {} downloaded, {} unchanged, {} deleted",
+                dir.display(),
+                report.files_downloaded,
+                report.files_skipped,
+                report.entries_deleted
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn crawl_and_print(ws_url: &str, request: &CrawlRequest, json: bool) -> anyhow::Result<()> {

@@ -5,10 +5,12 @@
 //! the crawl starts at 127.0.0.1).
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -19,6 +21,8 @@ pub const REPORT_PDF: &[u8] = b"%PDF-1.4\n% sample report, not parsed by the cra
 
 pub struct SampleSite {
     pub addr: SocketAddr,
+    /// The User-Agent of every request served, in order.
+    pub user_agents: Arc<Mutex<Vec<String>>>,
     shutdown: CancellationToken,
 }
 
@@ -27,6 +31,8 @@ impl SampleSite {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
+        let user_agents: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = user_agents.clone();
         let app = Router::new()
             .route("/", get(home))
             .route("/about.html", get(about))
@@ -49,6 +55,21 @@ impl SampleSite {
             .route("/deep", get(|| page("Deep", "leaf")))
             .route("/files/report.pdf", get(report))
             .fallback(not_found)
+            .layer(axum::middleware::from_fn(
+                move |request: Request, next: Next| {
+                    let seen = seen.clone();
+                    async move {
+                        let agent = request
+                            .headers()
+                            .get(header::USER_AGENT)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string();
+                        seen.lock().expect("user agents").push(agent);
+                        next.run(request).await
+                    }
+                },
+            ))
             .with_state(addr);
         let token = shutdown.clone();
         tokio::spawn(async move {
@@ -56,12 +77,21 @@ impl SampleSite {
                 .with_graceful_shutdown(token.cancelled_owned())
                 .await;
         });
-        Ok(Self { addr, shutdown })
+        Ok(Self {
+            addr,
+            user_agents,
+            shutdown,
+        })
     }
 
     /// The start URL of a crawl of this site.
     pub fn start_url(&self) -> String {
         format!("http://{}/", self.addr)
+    }
+
+    /// Requests served so far.
+    pub fn requests(&self) -> usize {
+        self.user_agents.lock().expect("user agents").len()
     }
 
     /// An absolute URL on this site.

@@ -31,6 +31,9 @@ pub enum CrawlError {
     BadStartUrl(String),
     #[error("the crawl was cancelled")]
     Cancelled,
+    /// A worker could not run the job at all (for example its spider failed to sync).
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub struct Crawl<'a> {
@@ -48,7 +51,7 @@ impl Crawl<'_> {
         let spec = self.spec;
         let start = Url::parse(&spec.url).map_err(|_| CrawlError::BadStartUrl(spec.url.clone()))?;
         let scope = Scope::new(&start, &spec.options);
-        let max_pages = spec.options.max_pages.max(1) as usize;
+        let mut max_pages = spec.options.max_pages.max(1) as usize;
         let options = v1::CrawlOptions::from(&spec.options);
 
         let mut seen: HashSet<String> = HashSet::from([start.to_string()]);
@@ -59,7 +62,10 @@ impl Crawl<'_> {
         for depth in 0..=spec.depth {
             self.progress.current_depth.store(depth, Ordering::Relaxed);
             let frontier = levels[depth as usize].clone();
-            let mut fetched = self.fetch_level(depth, frontier, &options).await?;
+            let (mut fetched, spider_cap) = self.fetch_level(depth, frontier, &options).await?;
+            if let Some(cap) = spider_cap {
+                max_pages = max_pages.min(cap.max(1) as usize);
+            }
             fetched.sort_by(|a, b| a.url.cmp(&b.url));
             // A redirect target counts as visited: it was just fetched.
             seen.extend(fetched.iter().filter_map(|p| p.final_url.clone()));
@@ -100,7 +106,7 @@ impl Crawl<'_> {
         depth: u32,
         urls: Vec<String>,
         options: &v1::CrawlOptions,
-    ) -> Result<Vec<PageFacts>, CrawlError> {
+    ) -> Result<(Vec<PageFacts>, Option<u32>), CrawlError> {
         let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
         let mut waiting: HashMap<u64, Vec<String>> = HashMap::new();
         for chunk in urls.chunks(self.batch_size.max(1)) {
@@ -114,6 +120,7 @@ impl Crawl<'_> {
             waiting.insert(id, chunk.to_vec());
         }
         let mut pages = Vec::with_capacity(urls.len());
+        let mut spider_cap = None;
         while !waiting.is_empty() {
             let result = tokio::select! {
                 _ = self.cancel.cancelled() => return Err(CrawlError::Cancelled),
@@ -122,6 +129,10 @@ impl Crawl<'_> {
             let Some(asked) = waiting.remove(&result.batch_id) else {
                 continue; // a duplicate answer for a re-dispatched batch
             };
+            if let Some(reason) = result.failure {
+                return Err(CrawlError::Refused(reason));
+            }
+            spider_cap = spider_cap.or(result.page_cap);
             let mut answered: HashMap<String, PageFacts> = result
                 .pages
                 .into_iter()
@@ -129,16 +140,13 @@ impl Crawl<'_> {
                 .collect();
             let asked_count = asked.len() as u32;
             for url in asked {
-                // Every URL asked for gets exactly one entry, even if a worker failed the batch.
-                let facts =
-                    answered.remove(&url).unwrap_or_else(|| PageFacts {
-                        url: url.clone(),
-                        depth,
-                        error: Some(result.failure.clone().unwrap_or_else(|| {
-                            "the worker returned no result for this URL".into()
-                        })),
-                        ..Default::default()
-                    });
+                // Every URL asked for gets exactly one entry, even if a worker skipped one.
+                let facts = answered.remove(&url).unwrap_or_else(|| PageFacts {
+                    url: url.clone(),
+                    depth,
+                    error: Some("the worker returned no result for this URL".into()),
+                    ..Default::default()
+                });
                 pages.push(facts);
             }
             self.progress
@@ -146,6 +154,6 @@ impl Crawl<'_> {
                 .fetch_add(asked_count, Ordering::Relaxed);
             (self.on_progress)();
         }
-        Ok(pages)
+        Ok((pages, spider_cap))
     }
 }

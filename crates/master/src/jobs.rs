@@ -140,13 +140,15 @@ async fn run_leased(ctx: &Arc<JobContext>, spec: JobSpec, token: u64) {
             tracing::warn!(%job_id, "crawl stopped: lease lost or shutting down; another master may take it over");
             return;
         }
-        Err(e @ CrawlError::BadStartUrl(_)) => v1::complete_request::Outcome::Failure(
-            (&JobFailure {
-                code: ErrorCode::CrawlFailed,
-                message: e.to_string(),
-            })
-                .into(),
-        ),
+        Err(e @ (CrawlError::BadStartUrl(_) | CrawlError::Refused(_))) => {
+            v1::complete_request::Outcome::Failure(
+                (&JobFailure {
+                    code: ErrorCode::CrawlFailed,
+                    message: e.to_string(),
+                })
+                    .into(),
+            )
+        }
     };
     let mut lock = ctx.lock.clone();
     let completed = lock

@@ -73,6 +73,18 @@ impl From<&PageFacts> for v1::PageFacts {
             fetch_ms: p.fetch_ms,
             final_url: p.final_url.clone(),
             links: p.links.clone(),
+            fields: p
+                .fields
+                .iter()
+                .map(|(name, values)| {
+                    (
+                        name.clone(),
+                        v1::FieldValues {
+                            values: values.clone(),
+                        },
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -90,6 +102,11 @@ impl From<v1::PageFacts> for PageFacts {
             fetch_ms: p.fetch_ms,
             final_url: p.final_url,
             links: p.links,
+            fields: p
+                .fields
+                .into_iter()
+                .map(|(name, v)| (name, v.values))
+                .collect(),
         }
     }
 }

@@ -60,6 +60,16 @@ pub struct WorkerConfig {
     /// Longest reconnect delay in milliseconds.
     #[arg(long, env = "WORKER__MAX_BACKOFF_MS", default_value_t = 5_000)]
     pub max_backoff_ms: u64,
+    /// file-sync address that spiders are synced from.
+    #[arg(
+        long,
+        env = "WORKER__FILE_SYNC",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub file_sync: String,
+    /// Folder spiders are synced into; defaults to a folder per worker id under the system temp dir.
+    #[arg(long, env = "WORKER__SPIDER_DIR")]
+    pub spider_dir: Option<std::path::PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "WORKER__LOG_FORMAT", default_value = "text")]
     pub log_format: crawler_core::telemetry::LogFormat,
@@ -108,6 +118,14 @@ impl WorkerConfig {
             max_body_bytes: self.max_body_bytes,
             user_agent: self.user_agent.clone(),
         }
+    }
+
+    pub fn spider_dir(&self) -> std::path::PathBuf {
+        self.spider_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir()
+                .join(format!("crawler-{}", self.worker_id))
+                .join("spiders")
+        })
     }
 
     pub fn min_backoff(&self) -> Duration {

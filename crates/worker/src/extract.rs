@@ -4,6 +4,7 @@
 //! flat however large the page. Links are resolved only at the end because
 //! `<base href>` applies to the whole document, even links written before it.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use lol_html::send::{HtmlRewriter, Settings};
@@ -18,7 +19,12 @@ struct Found {
     hrefs: Vec<String>,
     title: String,
     title_done: bool,
+    /// Field name -> text of each matching element, in document order.
+    fields: BTreeMap<String, Vec<String>>,
 }
+
+/// Longest text kept per extracted field value.
+const MAX_FIELD_CHARS: usize = 4096;
 
 /// Feeds HTML chunks to a streaming parser and collects what a crawler needs.
 pub struct LinkExtractor {
@@ -32,15 +38,23 @@ pub struct Extracted {
     pub title: Option<String>,
     /// Normalised absolute links in document order, each once.
     pub links: Vec<String>,
+    /// Field name -> text of each element its selector matched.
+    pub fields: BTreeMap<String, Vec<String>>,
 }
 
 fn discard(_: &[u8]) {}
 
 impl LinkExtractor {
     pub fn new() -> Self {
+        Self::with_fields(&BTreeMap::new())
+    }
+
+    /// An extractor that also collects the text of each element matching a
+    /// field's CSS selector. Selectors must be valid (spiders check them).
+    pub fn with_fields(fields: &BTreeMap<String, String>) -> Self {
         let found = Arc::new(Mutex::new(Found::default()));
         let (on_base, on_link, on_title) = (found.clone(), found.clone(), found.clone());
-        let settings = Settings::new_send()
+        let mut settings = Settings::new_send()
             .append_element_content_handler(element!("base[href]", move |el| {
                 let mut f = on_base.lock().expect("extractor state");
                 // Only the first <base href> counts, as in browsers.
@@ -65,6 +79,34 @@ impl LinkExtractor {
                 }
                 Ok(())
             }));
+        for (name, selector) in fields {
+            let (on_start, on_text) = (found.clone(), found.clone());
+            let (start_name, text_name) = (name.clone(), name.clone());
+            found
+                .lock()
+                .expect("extractor state")
+                .fields
+                .insert(name.clone(), Vec::new());
+            settings = settings
+                .append_element_content_handler(element!(selector, move |_el| {
+                    // Each match starts a new value; its text follows.
+                    let mut f = on_start.lock().expect("extractor state");
+                    f.fields
+                        .entry(start_name.clone())
+                        .or_default()
+                        .push(String::new());
+                    Ok(())
+                }))
+                .append_element_content_handler(text!(selector, move |t| {
+                    let mut f = on_text.lock().expect("extractor state");
+                    if let Some(value) = f.fields.get_mut(&text_name).and_then(|v| v.last_mut())
+                        && value.len() < MAX_FIELD_CHARS * 4
+                    {
+                        value.push_str(t.as_str());
+                    }
+                    Ok(())
+                }));
+        }
         Self {
             rewriter: HtmlRewriter::new(settings, discard as fn(&[u8])),
             found,
@@ -96,9 +138,27 @@ impl LinkExtractor {
             .filter(|u| seen.insert(u.clone()))
             .collect();
         let title = collapse_whitespace(&decode_entities(&found.title));
+        let fields = found
+            .fields
+            .into_iter()
+            .map(|(name, values)| {
+                let values = values
+                    .iter()
+                    .map(|v| {
+                        collapse_whitespace(&decode_entities(v))
+                            .chars()
+                            .take(MAX_FIELD_CHARS)
+                            .collect::<String>()
+                    })
+                    .filter(|v| !v.is_empty())
+                    .collect();
+                (name, values)
+            })
+            .collect();
         Extracted {
             title: (!title.is_empty()).then(|| title.chars().take(MAX_TITLE_CHARS).collect()),
             links,
+            fields,
         }
     }
 }
@@ -157,6 +217,25 @@ mod tests {
                 ]
             );
         }
+    }
+
+    #[test]
+    fn fields_collect_the_text_of_each_match_including_nested_text() {
+        let fields = BTreeMap::from([
+            ("head".to_string(), "h1".to_string()),
+            ("price".to_string(), ".price".to_string()),
+            ("none".to_string(), "table".to_string()),
+        ]);
+        let mut ex = LinkExtractor::with_fields(&fields);
+        let html = r#"<h1>Hello <b>big</b>
+            world</h1><span class="price"> 3 &amp; 4 </span><p class="price">9</p>"#;
+        for piece in html.as_bytes().chunks(5) {
+            ex.feed(piece).unwrap();
+        }
+        let out = ex.finish(&Url::parse("http://s.test/").unwrap());
+        assert_eq!(out.fields["head"], vec!["Hello big world"]);
+        assert_eq!(out.fields["price"], vec!["3 & 4", "9"]);
+        assert_eq!(out.fields["none"], Vec::<String>::new());
     }
 
     #[test]

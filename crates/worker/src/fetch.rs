@@ -13,6 +13,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::Url;
 
 use crate::extract::LinkExtractor;
+use crate::spider::SpiderRules;
 
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
@@ -71,7 +72,8 @@ impl Fetcher {
     }
 
     /// Fetches `url` and reports what happened; failures are facts, not errors.
-    pub async fn fetch(&self, url: &Url, depth: u32) -> PageFacts {
+    /// A spider sets the user agent, the fields to extract and which links count.
+    pub async fn fetch(&self, url: &Url, depth: u32, spider: Option<&SpiderRules>) -> PageFacts {
         let started = Instant::now();
         let mut facts = PageFacts {
             url: url.to_string(),
@@ -82,16 +84,27 @@ impl Fetcher {
             facts.error = Some(reason);
             return facts;
         }
-        match self.fetch_into(url, &mut facts).await {
-            Ok(()) => {}
-            Err(e) => facts.error = Some(describe(&e)),
+        if let Err(e) = self.fetch_into(url, &mut facts, spider).await {
+            facts.error = Some(describe(&e));
+        }
+        if let Some(rules) = spider {
+            facts.links.retain(|link| rules.follows(link));
         }
         facts.fetch_ms = started.elapsed().as_millis() as u64;
         facts
     }
 
-    async fn fetch_into(&self, url: &Url, facts: &mut PageFacts) -> Result<(), reqwest::Error> {
-        let mut response = self.client.get(url.clone()).send().await?;
+    async fn fetch_into(
+        &self,
+        url: &Url,
+        facts: &mut PageFacts,
+        spider: Option<&SpiderRules>,
+    ) -> Result<(), reqwest::Error> {
+        let mut request = self.client.get(url.clone());
+        if let Some(agent) = spider.and_then(|s| s.user_agent.as_deref()) {
+            request = request.header(reqwest::header::USER_AGENT, agent);
+        }
+        let mut response = request.send().await?;
         let final_url = response.url().clone();
         facts.status = Some(response.status().as_u16());
         if final_url != *url {
@@ -104,7 +117,10 @@ impl Fetcher {
             .map(str::to_owned);
         let is_html = content_type.as_deref().is_some_and(is_html_type);
         facts.content_type = content_type;
-        let mut extractor = is_html.then(LinkExtractor::new);
+        let mut extractor = is_html.then(|| match spider {
+            Some(rules) => LinkExtractor::with_fields(&rules.fields),
+            None => LinkExtractor::new(),
+        });
         while let Some(chunk) = response.chunk().await? {
             let room = self.max_body_bytes.saturating_sub(facts.bytes) as usize;
             let take = chunk.len().min(room);
@@ -123,6 +139,7 @@ impl Fetcher {
             let found = ex.finish(&final_url);
             facts.title = found.title;
             facts.links = found.links;
+            facts.fields = found.fields;
         }
         Ok(())
     }

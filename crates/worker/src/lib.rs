@@ -5,6 +5,7 @@ pub mod config;
 pub mod extract;
 pub mod fetch;
 mod session;
+pub mod spider;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use fetch::Fetcher;
 pub struct Worker {
     config: WorkerConfig,
     fetcher: Arc<Fetcher>,
+    spiders: Arc<spider::SpiderCache>,
 }
 
 impl Worker {
@@ -25,7 +27,15 @@ impl Worker {
         config.validate()?;
         let policy = NetworkPolicy::new(config.allow_network.clone());
         let fetcher = Arc::new(Fetcher::new(&config.fetch_config(), policy)?);
-        Ok(Self { config, fetcher })
+        let spiders = Arc::new(spider::SpiderCache::new(
+            config.file_sync.clone(),
+            config.spider_dir(),
+        ));
+        Ok(Self {
+            config,
+            fetcher,
+            spiders,
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -44,7 +54,12 @@ impl Worker {
                 min_backoff: self.config.min_backoff(),
                 max_backoff: self.config.max_backoff(),
             };
-            sessions.spawn(session::run(config, self.fetcher.clone(), shutdown.clone()));
+            sessions.spawn(session::run(
+                config,
+                self.fetcher.clone(),
+                self.spiders.clone(),
+                shutdown.clone(),
+            ));
         }
         sessions.close();
         sessions.wait().await;

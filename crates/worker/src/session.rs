@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use url::Url;
 
 use crate::fetch::Fetcher;
+use crate::spider::SpiderCache;
 
 /// How long a stopping worker waits for batches in flight before leaving.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -33,13 +34,18 @@ pub struct SessionConfig {
 }
 
 /// Keeps a session with one master alive until `shutdown`.
-pub async fn run(config: SessionConfig, fetcher: Arc<Fetcher>, shutdown: CancellationToken) {
+pub async fn run(
+    config: SessionConfig,
+    fetcher: Arc<Fetcher>,
+    spiders: Arc<SpiderCache>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = config.min_backoff;
     loop {
         if shutdown.is_cancelled() {
             return;
         }
-        match run_once(&config, &fetcher, &shutdown).await {
+        match run_once(&config, &fetcher, &spiders, &shutdown).await {
             Ok(()) => return,
             Err(SessionEnd::Registered(reason)) => {
                 // A session that got as far as registering was healthy: start over gently.
@@ -67,6 +73,7 @@ enum SessionEnd {
 async fn run_once(
     config: &SessionConfig,
     fetcher: &Arc<Fetcher>,
+    spiders: &Arc<SpiderCache>,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionEnd> {
     let endpoint = tonic::transport::Endpoint::from_shared(config.master.clone())
@@ -123,9 +130,9 @@ async fn run_once(
             _ = shutdown.cancelled() => break Ok(()),
             message = inbound.next() => match message {
                 Some(Ok(MasterMessage { msg: Some(master_message::Msg::Batch(batch)) })) => {
-                    let (tx, fetcher, per_batch) = (tx.clone(), fetcher.clone(), config.fetch_concurrency);
+                    let (tx, fetcher, spiders, per_batch) = (tx.clone(), fetcher.clone(), spiders.clone(), config.fetch_concurrency);
                     batches.spawn(async move {
-                        let result = run_batch(batch, &fetcher, per_batch).await;
+                        let result = run_batch(batch, &fetcher, &spiders, per_batch).await;
                         send(&tx, worker_message::Msg::Result(result)).await;
                         send(&tx, worker_message::Msg::Credit(Credit { amount: 1 })).await;
                     });
@@ -157,12 +164,50 @@ async fn send(tx: &mpsc::Sender<WorkerMessage>, msg: worker_message::Msg) {
     let _ = tx.send(WorkerMessage { msg: Some(msg) }).await;
 }
 
-async fn run_batch(batch: v1::Batch, fetcher: &Fetcher, concurrency: usize) -> BatchResult {
+async fn run_batch(
+    batch: v1::Batch,
+    fetcher: &Fetcher,
+    spiders: &SpiderCache,
+    concurrency: usize,
+) -> BatchResult {
     let depth = batch.depth;
-    let pages = futures::stream::iter(batch.urls)
-        .map(|raw| async move {
+    let spider_name = batch
+        .options
+        .as_ref()
+        .map(|o| o.spider.as_str())
+        .unwrap_or_default();
+    let rules = if spider_name.is_empty() {
+        None
+    } else {
+        match spiders.rules_for(&batch.job_id, spider_name).await {
+            Ok(rules) => Some(rules),
+            Err(e) => {
+                // Without its spider the job must not run at all: fetch nothing.
+                tracing::warn!(job_id = %batch.job_id, error = %e, "batch refused");
+                return BatchResult {
+                    batch_id: batch.batch_id,
+                    pages: Vec::new(),
+                    failure: Some(e.to_string()),
+                    page_cap: None,
+                };
+            }
+        }
+    };
+    let rules = rules.as_deref();
+    // A spider's delay makes its fetches sequential, paced by that delay.
+    let delay = rules.map(|r| r.delay).unwrap_or_default();
+    let concurrency = if delay.is_zero() {
+        concurrency.max(1)
+    } else {
+        1
+    };
+    let pages = futures::stream::iter(batch.urls.into_iter().enumerate())
+        .map(|(i, raw)| async move {
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             match Url::parse(&raw) {
-                Ok(url) => fetcher.fetch(&url, depth).await,
+                Ok(url) => fetcher.fetch(&url, depth, rules).await,
                 Err(e) => crawler_core::model::PageFacts {
                     url: raw,
                     depth,
@@ -171,7 +216,7 @@ async fn run_batch(batch: v1::Batch, fetcher: &Fetcher, concurrency: usize) -> B
                 },
             }
         })
-        .buffered(concurrency.max(1))
+        .buffered(concurrency)
         .map(|facts| v1::PageFacts::from(&facts))
         .collect()
         .await;
@@ -179,5 +224,6 @@ async fn run_batch(batch: v1::Batch, fetcher: &Fetcher, concurrency: usize) -> B
         batch_id: batch.batch_id,
         pages,
         failure: None,
+        page_cap: rules.and_then(|r| r.max_pages),
     }
 }

@@ -1,0 +1,212 @@
+//! Spiders end to end: published to a file-sync process, synced by the
+//! workers before they run a job's batches, and applied to the crawl.
+
+use cluster_tests::processes::{Cluster, Service};
+use cluster_tests::ws::WsClient;
+use cluster_tests::{levels_of, page};
+use crawlctl::sample_site::SampleSite;
+use serde_json::json;
+
+const SPIDER_TOML: &str = r#"
+exclude = ['\.pdf$', '/missing$']
+user_agent = "SampleBot/2.0"
+max_pages = 50
+[fields]
+heading = "h1"
+"#;
+
+async fn file_sync_with_spider(root: &std::path::Path, name: &str, spider_toml: &str) -> Service {
+    let server = Service::start(
+        "file-sync",
+        "file-sync",
+        &[
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--root".into(),
+            root.display().to_string(),
+        ],
+        true,
+    )
+    .await;
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(folder.path().join("spider.toml"), spider_toml).unwrap();
+    std::fs::create_dir_all(folder.path().join("lib/helpers")).unwrap();
+    std::fs::write(
+        folder.path().join("lib/helpers/notes.txt"),
+        "nested file, synced too",
+    )
+    .unwrap();
+    let _published =
+        file_sync::client::push_folder(&format!("http://{}", server.addr()), name, folder.path())
+            .await
+            .expect("push the spider");
+    server
+}
+
+fn submit(job: &str, url: &str, depth: u32, spider: &str) -> serde_json::Value {
+    json!({"type": "submit", "jobId": job, "url": url, "depth": depth, "spider": spider})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_naming_a_spider_runs_under_its_rules_after_the_workers_synced_it() {
+    let root = tempfile::tempdir().unwrap();
+    let file_sync = file_sync_with_spider(root.path(), "sample", SPIDER_TOML).await;
+    let spider_dir = tempfile::tempdir().unwrap();
+    let fs_url = format!("http://{}", file_sync.addr());
+    let dir = spider_dir.path().display().to_string();
+    let cluster = Cluster::start(1, 1, &[], &["--file-sync", &fs_url, "--spider-dir", &dir]).await;
+    let site = SampleSite::start().await.unwrap();
+    let base = format!("http://{}", site.addr);
+
+    let mut client = WsClient::connect(&cluster.ws_url()).await;
+    client
+        .send_json(&submit("spider", &site.start_url(), 1, "sample"))
+        .await;
+    let result = client.result("spider").await;
+    let expected: Vec<Vec<String>> = vec![
+        vec![format!("{base}/")],
+        ["/about.html", "/blog/", "/contact", "/old"]
+            .iter()
+            .map(|p| format!("{base}{p}"))
+            .collect(),
+    ];
+    assert_eq!(
+        levels_of(&result),
+        expected,
+        "exclude patterns drop the PDF and /missing"
+    );
+    assert_eq!(
+        page(&result, &format!("{base}/"))["fields"],
+        json!({"heading": ["Sample"]})
+    );
+    assert_eq!(
+        page(&result, &format!("{base}/about.html"))["fields"],
+        json!({"heading": []})
+    );
+    let agents = site.user_agents.lock().unwrap().clone();
+    // Five pages, one of them a redirect: six requests, all with the spider's agent.
+    assert_eq!(agents.len(), 6);
+    assert!(agents.iter().all(|a| a == "SampleBot/2.0"), "{agents:?}");
+    // The worker mirrored the whole spider folder, nested files included.
+    assert_eq!(
+        std::fs::read_to_string(spider_dir.path().join("sample/lib/helpers/notes.txt")).unwrap(),
+        "nested file, synced too"
+    );
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_spider_cannot_be_synced_fails_clearly_and_fetches_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let file_sync = file_sync_with_spider(root.path(), "broken", "include = ['(']").await;
+    let fs_url = format!("http://{}", file_sync.addr());
+    let cluster = Cluster::start(1, 1, &[], &["--file-sync", &fs_url]).await;
+    let site = SampleSite::start().await.unwrap();
+    let mut client = WsClient::connect(&cluster.ws_url()).await;
+
+    client
+        .send_json(&submit("ghost", &site.start_url(), 1, "ghost"))
+        .await;
+    let error = client.outcome("ghost").await;
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["code"], "crawl_failed");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("spider `ghost` could not be synced"),
+        "{error}"
+    );
+
+    client
+        .send_json(&submit("broken", &site.start_url(), 1, "broken"))
+        .await;
+    let error = client.outcome("broken").await;
+    assert_eq!(error["code"], "crawl_failed");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("spider.toml is invalid"),
+        "{error}"
+    );
+
+    assert_eq!(
+        site.requests(),
+        0,
+        "no page is fetched for a job whose spider failed"
+    );
+    // The same cluster still crawls a job without a spider.
+    client.submit("plain", &site.start_url(), 0).await;
+    assert_eq!(client.result("plain").await["pages"][0]["status"], 200);
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crawlctl_pushes_lists_and_pulls_spiders() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Service::start(
+        "file-sync",
+        "file-sync",
+        &[
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--root".into(),
+            root.path().display().to_string(),
+        ],
+        true,
+    )
+    .await;
+    let fs_url = format!("http://{}", server.addr());
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("spider.toml"), SPIDER_TOML).unwrap();
+    std::fs::create_dir_all(source.path().join("crawlab_project/spiders")).unwrap();
+    std::fs::write(
+        source.path().join("crawlab_project/spiders/quotes.py"),
+        "print('quotes')\n",
+    )
+    .unwrap();
+    let crawlctl = |args: &[&str]| {
+        let mut command = std::process::Command::new(cluster_tests::processes::binary("crawlctl"));
+        command.args(["spider", "--file-sync", &fs_url]).args(args);
+        let output = command.output().expect("run crawlctl");
+        assert!(
+            output.status.success(),
+            "crawlctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let source_dir = source.path().display().to_string();
+    assert!(
+        crawlctl(&["push", &source_dir, "--name", "quotes"]).contains("pushed spider `quotes`")
+    );
+    assert_eq!(crawlctl(&["list"]).trim(), "quotes");
+    let target = tempfile::tempdir().unwrap();
+    let target_dir = target.path().join("copy");
+    crawlctl(&["pull", "quotes", &target_dir.display().to_string()]);
+    assert_eq!(
+        std::fs::read_to_string(target_dir.join("crawlab_project/spiders/quotes.py")).unwrap(),
+        "print('quotes')\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target_dir.join("spider.toml")).unwrap(),
+        SPIDER_TOML
+    );
+
+    // A bad name is refused with a clear message and a failing exit status.
+    let output = std::process::Command::new(cluster_tests::processes::binary("crawlctl"))
+        .args([
+            "spider",
+            "--file-sync",
+            &fs_url,
+            "push",
+            &source_dir,
+            "--name",
+            "../escape",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("escape"));
+}
