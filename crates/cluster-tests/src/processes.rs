@@ -211,18 +211,7 @@ impl Cluster {
             .collect();
         let mut worker_services = Vec::new();
         for i in 0..workers {
-            let args = vec![
-                s("--master"),
-                master_urls.join(","),
-                s("--allow-network"),
-                s("127.0.0.0/8"),
-                s("--worker-id"),
-                format!("worker-{i}"),
-            ];
-            let mut args = args;
-            args.extend(worker_args.iter().map(|a| a.to_string()));
-            worker_services
-                .push(Service::start(&format!("worker-{i}"), "worker", &args, false).await);
+            worker_services.push(start_worker(i, &master_urls, worker_args).await);
         }
         let gateway = Service::start(
             "ws-gateway",
@@ -255,6 +244,17 @@ impl Cluster {
         };
         cluster.wait_until_ready().await;
         cluster
+    }
+
+    /// Starts one more worker of every master.
+    pub async fn add_worker(&mut self, worker_args: &[&str]) {
+        let master_urls: Vec<String> = self
+            .masters
+            .iter()
+            .map(|m| format!("http://{}", m.addr()))
+            .collect();
+        let worker = start_worker(self.workers.len() + 100, &master_urls, worker_args).await;
+        self.workers.push(worker);
     }
 
     /// Ready: every worker registered with every master, the gateway subscribed.
@@ -308,6 +308,22 @@ impl Cluster {
         }
         let _ = crawler_adapters::PgStore::drop_database(&engines.postgres_server, &database).await;
     }
+}
+
+async fn start_worker(i: usize, master_urls: &[String], worker_args: &[&str]) -> Service {
+    let mut args: Vec<String> = [
+        "--master",
+        &master_urls.join(","),
+        "--allow-network",
+        "127.0.0.0/8",
+        "--worker-id",
+        &format!("worker-{i}"),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(worker_args.iter().map(|a| a.to_string()));
+    Service::start(&format!("worker-{i}"), "worker", &args, false).await
 }
 
 /// A minimal HTTP GET, enough for health and metrics endpoints.

@@ -1,0 +1,91 @@
+//! A worker dies holding a batch: the master sends the batch again to
+//! another worker and the job still ends with one correct result.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::response::Html;
+use axum::routing::get;
+use cluster_tests::levels_of;
+use cluster_tests::processes::Cluster;
+use cluster_tests::ws::WsClient;
+use tokio::sync::{Notify, watch};
+
+/// `/` links to `/slow`, which answers only once the test opens the gate.
+struct GatedSite {
+    base: String,
+    slow_hits: Arc<AtomicUsize>,
+    slow_requested: Arc<Notify>,
+    open: watch::Sender<bool>,
+}
+
+async fn gated_site() -> GatedSite {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let slow_hits = Arc::new(AtomicUsize::new(0));
+    let slow_requested = Arc::new(Notify::new());
+    let (open, gate) = watch::channel(false);
+    let (hits, requested) = (slow_hits.clone(), slow_requested.clone());
+    let app = Router::new()
+        .route(
+            "/",
+            get(|| async { Html(r#"<title>Start</title><a href="/slow">slow</a>"#) }),
+        )
+        .route(
+            "/slow",
+            get(move || {
+                let (hits, requested, mut gate) = (hits.clone(), requested.clone(), gate.clone());
+                async move {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    requested.notify_one();
+                    let _ = gate.wait_for(|open| *open).await;
+                    Html("<title>Slow</title>done")
+                }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    GatedSite {
+        base,
+        slow_hits,
+        slow_requested,
+        open,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_held_by_a_killed_worker_is_sent_to_another_and_the_job_completes() {
+    let mut cluster = Cluster::start(1, 1, &[], &[]).await;
+    let site = gated_site().await;
+    let mut client = WsClient::connect(&cluster.ws_url()).await;
+    client.submit("J", &format!("{}/", site.base), 1).await;
+
+    // Level 0 is done and reported; the only worker now holds the /slow batch.
+    let progress = client
+        .next_where(|m| m["type"] == "progress" && m["jobId"] == "J")
+        .await;
+    assert!(progress["pagesDone"].as_u64().unwrap() >= 1, "{progress}");
+    site.slow_requested.notified().await;
+    drop(cluster.workers.remove(0)); // kill -9 while it holds the batch
+    cluster.masters[0]
+        .wait_for_log("requeued_batches=1", 1)
+        .await;
+
+    site.open.send_replace(true);
+    cluster.add_worker(&[]).await;
+    let result = client.result("J").await;
+    assert_eq!(
+        levels_of(&result),
+        vec![
+            vec![format!("{}/", site.base)],
+            vec![format!("{}/slow", site.base)]
+        ]
+    );
+    assert_eq!(result["pages"][1]["title"], "Slow");
+    assert_eq!(
+        site.slow_hits.load(Ordering::SeqCst),
+        2,
+        "fetched by the dead worker, then again by the new one"
+    );
+    cluster.cleanup().await;
+}
