@@ -287,6 +287,17 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no metric {name} in {body}"))
     }
 
+    /// The cluster's queue, as a client of RabbitMQ in the same namespace.
+    pub async fn queue(&self) -> crawler_adapters::RabbitQueue {
+        crawler_adapters::RabbitQueue::connect(
+            &self.engines.amqp,
+            &self.namespace,
+            Default::default(),
+        )
+        .await
+        .expect("connect to RabbitMQ")
+    }
+
     /// Removes what the test left on the engines.
     pub async fn cleanup(self) {
         let Self {

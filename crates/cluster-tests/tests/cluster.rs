@@ -7,6 +7,7 @@ use cluster_tests::processes::{Cluster, binary};
 use cluster_tests::ws::WsClient;
 use cluster_tests::{assert_sample_site_result, levels_of, sample_site_levels};
 use crawlctl::sample_site::SampleSite;
+use crawler_core::ports::JobQueue;
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,6 +175,24 @@ async fn bad_input_gets_a_clear_error_and_the_connection_stays_usable() {
     assert_eq!(
         cluster.gateway_metric("gateway_jobs_published_total").await,
         1
+    );
+
+    // A poison message on the queue is dead-lettered, and the cluster keeps working.
+    let queue = cluster.queue().await;
+    queue.publish_job(b"not a job".to_vec()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while queue.dead_letter_count().await.unwrap() < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the poison message was never dead-lettered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    queue.close_connection().await;
+    client.submit("after-poison", &url, 0).await;
+    assert_eq!(
+        client.result("after-poison").await["pages"][0]["status"],
+        200
     );
     cluster.cleanup().await;
 }
