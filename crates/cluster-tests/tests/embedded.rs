@@ -7,19 +7,21 @@ use crawlctl::embedded::{EmbeddedCluster, EmbeddedOptions};
 use crawlctl::sample_site::SampleSite;
 use serde_json::json;
 
-fn loopback() -> Vec<ipnet::IpNet> {
-    vec!["127.0.0.0/8".parse().unwrap()]
-}
-
-#[tokio::test]
-async fn the_embedded_cluster_crawls_the_sample_site_at_each_depth() {
+/// The sample site and an embedded cluster allowed to crawl loopback.
+async fn site_and_cluster() -> (SampleSite, EmbeddedCluster) {
     let site = SampleSite::start().await.unwrap();
     let cluster = EmbeddedCluster::start(EmbeddedOptions {
-        allow_network: loopback(),
+        allow_network: vec!["127.0.0.0/8".parse().unwrap()],
         ..Default::default()
     })
     .await
     .unwrap();
+    (site, cluster)
+}
+
+#[tokio::test]
+async fn the_embedded_cluster_crawls_the_sample_site_at_each_depth() {
+    let (site, cluster) = site_and_cluster().await;
     let base = format!("http://{}", site.addr);
     let mut client = WsClient::connect(&cluster.ws_url()).await;
     // Shallow first, so each depth is a real crawl and not a cache answer.
@@ -46,13 +48,7 @@ async fn the_embedded_cluster_crawls_the_sample_site_at_each_depth() {
 
 #[tokio::test]
 async fn a_repeat_is_served_from_the_cache_and_status_survives_a_reconnect() {
-    let site = SampleSite::start().await.unwrap();
-    let cluster = EmbeddedCluster::start(EmbeddedOptions {
-        allow_network: loopback(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let (site, cluster) = site_and_cluster().await;
     let base = format!("http://{}", site.addr);
     let mut client = WsClient::connect(&cluster.ws_url()).await;
     client.submit("first", &site.start_url(), 2).await;

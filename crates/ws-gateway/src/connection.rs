@@ -110,3 +110,66 @@ async fn send<S: Sink<Message> + Unpin>(
         .await
         .map_err(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use axum::extract::ws::Message;
+    use futures::StreamExt;
+    use serde_json::Value;
+
+    use crate::{Gateway, GatewayConfig};
+
+    /// Drives one connection with `frames` and returns what it sent back.
+    async fn exchange(frames: Vec<Message>) -> Vec<Value> {
+        let engines = crawler_adapters::embedded_engines().await.unwrap();
+        let config = GatewayConfig::local("127.0.0.1:0".parse().unwrap(), Vec::new());
+        let gateway = Gateway::build(config, engines).await.unwrap();
+        let (sink, sent) = futures::channel::mpsc::unbounded::<Message>();
+        let incoming = futures::stream::iter(frames.into_iter().map(Ok::<_, Infallible>));
+        super::serve(gateway.state.clone(), "client-1".into(), sink, incoming).await;
+        sent.map(|m| match m {
+            Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+            other => panic!("the gateway sends text frames only, not {other:?}"),
+        })
+        .collect()
+        .await
+    }
+
+    #[tokio::test]
+    async fn every_bad_frame_gets_its_error_and_the_connection_reads_on() {
+        let sent = exchange(vec![
+            Message::Binary(vec![1, 2, 3].into()),
+            Message::Text("{oops".into()),
+            Message::Text(r#"{"type":"submit","jobId":"J","url":"ftp://x/","depth":1}"#.into()),
+            Message::Text(r#"{"type":"status","jobId":"J"}"#.into()),
+            Message::Text(
+                format!(r#"{{"type":"submit","pad":"{}"}}"#, "x".repeat(300 * 1024)).into(),
+            ),
+        ])
+        .await;
+        let kinds: Vec<(&str, &str)> = sent
+            .iter()
+            .map(|m| {
+                (
+                    m["type"].as_str().unwrap(),
+                    m["code"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("welcome", ""),
+                ("error", "invalid_message"),
+                ("error", "invalid_json"),
+                ("error", "unsupported_scheme"),
+                ("error", "unknown_job"),
+                ("error", "message_too_large"),
+            ]
+        );
+        assert_eq!(sent[0]["clientId"], "client-1");
+        assert_eq!(sent[3]["jobId"], "J");
+    }
+}
