@@ -89,3 +89,43 @@ async fn a_batch_held_by_a_killed_worker_is_sent_to_another_and_the_job_complete
     );
     cluster.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_record_progress_that_status_reports_while_the_job_runs() {
+    let cluster = Cluster::start(1, 1, &["--lease-ttl-ms", "300"], &[]).await;
+    let site = gated_site().await;
+    let mut client = WsClient::connect(&cluster.ws_url()).await;
+    client.submit("J", &format!("{}/", site.base), 1).await;
+    site.slow_requested.notified().await;
+
+    // The store learns a running job's progress only from its master's
+    // heartbeats (every third of the 300 ms lease), and `status` reads the store.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        client
+            .send_json(&serde_json::json!({"type": "status", "jobId": "J"}))
+            .await;
+        let status = client
+            .next_where(|m| m["type"] == "status" && m["jobId"] == "J")
+            .await;
+        assert_eq!(status["state"], "running");
+        if status["pagesDone"].as_u64().unwrap() >= 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no heartbeat recorded progress"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    cluster.lock.wait_for_log("lease granted", 1).await;
+    site.open.send_replace(true);
+    let result = client.result("J").await;
+    assert_eq!(levels_of(&result).concat().len(), 2);
+    assert_eq!(
+        cluster.lock.count_log("lease granted"),
+        1,
+        "the lease never lapsed to another grant"
+    );
+    cluster.cleanup().await;
+}
