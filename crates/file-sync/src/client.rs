@@ -23,7 +23,7 @@
 //! Folders are created with at least `rwx` for the owner, so a later sync can
 //! always update them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -141,6 +141,27 @@ pub struct MirrorOptions {
     /// Receives an event after every chunk written. The sync waits while
     /// this channel is full, which lets a caller (or a test) pace it.
     pub progress: Option<mpsc::Sender<Progress>>,
+    /// When downloaded files are flushed to disk.
+    pub durability: Durability,
+}
+
+/// When a mirror waits for the disk. Whatever the choice, a file is renamed
+/// into place only once its whole content is written and its hash verified,
+/// so a reader never sees half a file; and every sync checks the hash of the
+/// files already present, so a file damaged by a crash is fetched again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Each file is flushed to disk before it is renamed into place, and the
+    /// folders that received files are flushed at the end.
+    EachFile,
+    /// Files are renamed into place as they arrive; before the mirror returns,
+    /// every file it wrote and the folders that received them are flushed.
+    /// As safe as `EachFile` once the mirror returned, much cheaper for many
+    /// small files.
+    #[default]
+    AtEnd,
+    /// Nothing is flushed: the system writes back when it likes.
+    None,
 }
 
 impl Default for MirrorOptions {
@@ -154,6 +175,7 @@ impl Default for MirrorOptions {
             connect_timeout: Duration::from_secs(5),
             compression: true,
             progress: None,
+            durability: Durability::default(),
         }
     }
 }
@@ -515,41 +537,66 @@ async fn mirror_once(
         }
     }
 
-    // 3. Files: keep those that match, download the others.
-    let mut to_fetch = Vec::new();
-    for entry in entries.iter().filter(|e| !e.is_dir) {
-        let abs = join_under(target, &entry.path)?;
-        let matches = {
-            let abs = abs.clone();
-            let (size, hash) = (entry.size, entry.hash.clone());
-            blocking(move || {
-                Ok(match std::fs::symlink_metadata(&abs) {
-                    Ok(meta) if meta.is_file() && meta.len() == size => {
-                        crate::tree::hash_file(&abs).map_err(io("hashing", &abs))? == hash
+    // 3. Files: keep those that match, download the others. One blocking
+    //    task checks them all: most are absent on a first sync, and the
+    //    others are hashed one after the other at disk speed anyway.
+    let files: Vec<(FileEntry, PathBuf)> = entries
+        .iter()
+        .filter(|e| !e.is_dir)
+        .map(|e| Ok((e.clone(), join_under(target, &e.path)?)))
+        .collect::<Result<_, SyncError>>()?;
+    let (to_fetch, skipped, fixed) = blocking(move || {
+        let (mut to_fetch, mut skipped, mut fixed) = (Vec::new(), 0u64, 0u64);
+        for (entry, abs) in files {
+            let matches = match std::fs::symlink_metadata(&abs) {
+                Ok(meta) if meta.is_file() && meta.len() == entry.size => {
+                    (crate::tree::hash_file(&abs).map_err(io("hashing", &abs))? == entry.hash)
+                        .then_some(meta)
+                }
+                _ => None,
+            };
+            match matches {
+                Some(meta) => {
+                    if meta.permissions().mode() & 0o777 != entry.mode & 0o777 {
+                        std::fs::set_permissions(
+                            &abs,
+                            std::fs::Permissions::from_mode(entry.mode & 0o777),
+                        )
+                        .map_err(io("setting the mode of", &abs))?;
+                        fixed += 1;
                     }
-                    _ => false,
-                })
-            })
-            .await?
-        };
-        if matches {
-            let meta = tokio::fs::symlink_metadata(&abs)
-                .await
-                .map_err(io("inspecting", &abs))?;
-            if meta.permissions().mode() & 0o777 != entry.mode & 0o777 {
-                set_mode(&abs, entry.mode & 0o777).await?;
-                report.modes_fixed += 1;
+                    skipped += 1;
+                }
+                None => to_fetch.push((entry, abs)),
             }
-            report.files_skipped += 1;
-        } else {
-            to_fetch.push((entry.clone(), abs));
         }
-    }
+        Ok((to_fetch, skipped, fixed))
+    })
+    .await?;
+    report.files_skipped += skipped;
+    report.modes_fixed += fixed;
+    // Partial files left by an interrupted sync, listed once rather than
+    // probed file by file.
+    let partials = {
+        let work = work.to_path_buf();
+        blocking(move || {
+            let mut names = HashSet::new();
+            for item in std::fs::read_dir(&work).map_err(io("listing", &work))? {
+                let item = item.map_err(io("listing", &work))?;
+                if let Ok(name) = item.file_name().into_string() {
+                    names.insert(name);
+                }
+            }
+            Ok(names)
+        })
+        .await?
+    };
     let ctx = DownloadCtx {
         client,
         spider: spider.to_owned(),
         work: work.to_path_buf(),
         options: options.clone(),
+        partials,
     };
     let results: Vec<FileFetched> = futures::stream::iter(to_fetch)
         .map(|(entry, abs)| {
@@ -559,13 +606,41 @@ async fn mirror_once(
         .buffer_unordered(options.parallel_downloads.max(1))
         .try_collect()
         .await?;
+    let mut written = Vec::with_capacity(results.len());
     for r in results {
         report.files_downloaded += 1;
         report.bytes_downloaded += r.downloaded;
         report.bytes_resumed += r.resumed;
         report.wire_bytes += r.wire;
+        written.push(r.dest);
+    }
+    if options.durability != Durability::None && !written.is_empty() {
+        let each_file = options.durability == Durability::EachFile;
+        blocking(move || flush_to_disk(&written, !each_file)).await?;
     }
     report.scan_id = scan_id;
+    Ok(())
+}
+
+/// Flushes the given files (unless `files` is false) and the folders that
+/// hold them, so the renames survive a crash.
+fn flush_to_disk(paths: &[PathBuf], files: bool) -> Result<(), SyncError> {
+    let mut dirs = BTreeSet::new();
+    for path in paths {
+        if files {
+            std::fs::File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(io("syncing", path))?;
+        }
+        if let Some(parent) = path.parent() {
+            dirs.insert(parent);
+        }
+    }
+    for dir in dirs {
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(io("syncing", dir))?;
+    }
     Ok(())
 }
 
@@ -580,12 +655,15 @@ struct DownloadCtx {
     spider: String,
     work: PathBuf,
     options: MirrorOptions,
+    /// Names in the work folder when the downloads started.
+    partials: HashSet<String>,
 }
 
 struct FileFetched {
     downloaded: u64,
     resumed: u64,
     wire: u64,
+    dest: PathBuf,
 }
 
 /// A partial download in progress: the file, and the hash of what it holds.
@@ -595,17 +673,34 @@ struct Partial {
     len: u64,
 }
 
+/// A data chunk as received, not yet decoded.
+struct RawChunk {
+    data: Vec<u8>,
+    compression: Compression,
+    raw_len: usize,
+}
+
+type DownloadStream = tonic::Streaming<crate::proto::DownloadChunk>;
+
 impl DownloadCtx {
     /// The partial file of one version of one path: resumable across runs,
     /// never shared by two different files.
-    fn partial_path(&self, entry: &FileEntry) -> PathBuf {
+    fn partial_name(entry: &FileEntry) -> String {
         let path_id = blake3::hash(entry.path.as_bytes()).to_hex();
-        self.work
-            .join(format!("{}-{}.partial", &path_id[..16], &entry.hash[..32]))
+        format!("{}-{}.partial", &path_id[..16], &entry.hash[..32])
     }
 
     async fn fetch(&self, entry: &FileEntry, dest: &Path) -> Result<FileFetched, SyncError> {
-        let partial_path = self.partial_path(entry);
+        let name = Self::partial_name(entry);
+        let partial_path = self.work.join(&name);
+        // A file that fits in one chunk and has no partial to resume from is
+        // received whole in memory (one chunk, as for any download) and
+        // written, verified and renamed in one step.
+        if entry.size <= u64::from(self.options.chunk_size.clamp(4096, MAX_CHUNK_BYTES))
+            && !self.partials.contains(&name)
+        {
+            return self.fetch_small(entry, dest, partial_path).await;
+        }
         let size = entry.size;
         let partial = {
             let p = partial_path.clone();
@@ -624,21 +719,102 @@ impl DownloadCtx {
             entry.mode & 0o777,
             entry.path.clone(),
         );
-        blocking(move || finish_partial(partial, &p, &d, mode, &path, &expected)).await?;
+        let sync = self.options.durability == Durability::EachFile;
+        blocking(move || {
+            verify_partial(partial.hasher, &p, &path, &expected)?;
+            finish_file(partial.file, &p, &d, mode, sync)
+        })
+        .await?;
         Ok(FileFetched {
             downloaded: size - resumed,
             resumed,
             wire,
+            dest: dest.to_path_buf(),
         })
     }
 
-    /// Streams the rest of the file into the partial. On error the bytes
-    /// already written stay on disk for the next attempt to resume from.
-    async fn receive(
+    /// Downloads a small file whole: nothing touches the disk until all of
+    /// it arrived and its hash verified.
+    async fn fetch_small(
         &self,
         entry: &FileEntry,
-        mut partial: Partial,
-    ) -> Result<(Partial, u64), SyncError> {
+        dest: &Path,
+        partial_path: PathBuf,
+    ) -> Result<FileFetched, SyncError> {
+        let mut stream = self.start_download(entry, 0).await?;
+        let mut chunks = Vec::new();
+        let mut received = 0u64;
+        let mut wire = 0u64;
+        while let Some(chunk) = next_chunk(&mut stream, &self.spider, entry, received).await? {
+            received += chunk.raw_len as u64;
+            wire += chunk.data.len() as u64;
+            chunks.push(chunk);
+        }
+        if received != entry.size {
+            return Err(SyncError::Transport(format!(
+                "{}: download ended at {received} of {} bytes",
+                entry.path, entry.size
+            )));
+        }
+        let (d, mode, path, expected) = (
+            dest.to_path_buf(),
+            entry.mode & 0o777,
+            entry.path.clone(),
+            entry.hash.clone(),
+        );
+        let sync = self.options.durability == Durability::EachFile;
+        blocking(move || {
+            let mut content = Vec::with_capacity(chunks.len());
+            let mut hasher = blake3::Hasher::new();
+            for chunk in chunks {
+                let raw = decode(chunk.data, chunk.compression, chunk.raw_len)
+                    .map_err(|e| SyncError::Protocol(format!("{path}: {e}")))?;
+                hasher.update(&raw);
+                content.push(raw);
+            }
+            let actual = hasher.finalize().to_hex().to_string();
+            if actual != expected {
+                return Err(SyncError::HashMismatch {
+                    path,
+                    expected,
+                    actual,
+                });
+            }
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&partial_path)
+                .map_err(io("opening", &partial_path))?;
+            for raw in &content {
+                file.write_all(raw).map_err(io("writing", &partial_path))?;
+            }
+            finish_file(file, &partial_path, &d, mode, sync)
+        })
+        .await?;
+        if let Some(progress) = &self.options.progress {
+            let _ = progress
+                .send(Progress {
+                    path: entry.path.clone(),
+                    written: entry.size,
+                    total: entry.size,
+                })
+                .await;
+        }
+        Ok(FileFetched {
+            downloaded: entry.size,
+            resumed: 0,
+            wire,
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    /// Asks for `entry` from `offset` and checks the header that comes first.
+    async fn start_download(
+        &self,
+        entry: &FileEntry,
+        offset: u64,
+    ) -> Result<DownloadStream, SyncError> {
         let mut client = self.client.clone();
         let accept = if self.options.compression {
             vec![Compression::Zstd as i32]
@@ -650,7 +826,7 @@ impl DownloadCtx {
             .stream_file_download(DownloadRequest {
                 spider: self.spider.clone(),
                 path: entry.path.clone(),
-                offset: partial.len,
+                offset,
                 chunk_size: self.options.chunk_size,
                 accept,
                 expected_hash: entry.hash.clone(),
@@ -667,10 +843,10 @@ impl DownloadCtx {
                         path: entry.path.clone(),
                     });
                 }
-                if h.offset != partial.len {
+                if h.offset != offset {
                     return Err(SyncError::Protocol(format!(
-                        "{}: asked for offset {}, got {}",
-                        entry.path, partial.len, h.offset
+                        "{}: asked for offset {offset}, got {}",
+                        entry.path, h.offset
                     )));
                 }
             }
@@ -682,31 +858,24 @@ impl DownloadCtx {
             }
             None => return Err(SyncError::Transport("download ended at once".into())),
         }
+        Ok(stream)
+    }
+
+    /// Streams the rest of the file into the partial. On error the bytes
+    /// already written stay on disk for the next attempt to resume from.
+    async fn receive(
+        &self,
+        entry: &FileEntry,
+        mut partial: Partial,
+    ) -> Result<(Partial, u64), SyncError> {
+        let mut stream = self.start_download(entry, partial.len).await?;
         let mut wire = 0u64;
-        while let Some(msg) = stream.message().await.map_err(status)? {
-            let Some(download_chunk::Kind::Data(chunk)) = msg.kind else {
-                return Err(SyncError::Protocol(format!(
-                    "{}: unexpected message in a download",
-                    entry.path
-                )));
-            };
-            if chunk.offset != partial.len
-                || chunk.raw_len > MAX_CHUNK_BYTES
-                || partial.len + chunk.raw_len as u64 > entry.size
-            {
-                return Err(SyncError::Protocol(format!(
-                    "{}: chunk at {} of {} bytes does not follow offset {}",
-                    entry.path, chunk.offset, chunk.raw_len, partial.len
-                )));
-            }
+        while let Some(chunk) = next_chunk(&mut stream, &self.spider, entry, partial.len).await? {
             wire += chunk.data.len() as u64;
-            let compression = Compression::try_from(chunk.compression).map_err(|_| {
-                SyncError::Protocol(format!("unknown compression {}", chunk.compression))
-            })?;
             let path = entry.path.clone();
             let mut p = partial;
             partial = blocking(move || {
-                let raw = decode(chunk.data, compression, chunk.raw_len as usize)
+                let raw = decode(chunk.data, chunk.compression, chunk.raw_len)
                     .map_err(|e| SyncError::Protocol(format!("{path}: {e}")))?;
                 p.file.write_all(&raw).map_err(|source| SyncError::Io {
                     op: "writing",
@@ -738,6 +907,45 @@ impl DownloadCtx {
     }
 }
 
+/// The next data chunk of a download, checked to start at `at` and to stay
+/// within the file; `None` at the end of the stream.
+async fn next_chunk(
+    stream: &mut DownloadStream,
+    spider: &str,
+    entry: &FileEntry,
+    at: u64,
+) -> Result<Option<RawChunk>, SyncError> {
+    let Some(msg) = stream
+        .message()
+        .await
+        .map_err(|s| SyncError::from_status(s, spider))?
+    else {
+        return Ok(None);
+    };
+    let Some(download_chunk::Kind::Data(chunk)) = msg.kind else {
+        return Err(SyncError::Protocol(format!(
+            "{}: unexpected message in a download",
+            entry.path
+        )));
+    };
+    if chunk.offset != at
+        || chunk.raw_len > MAX_CHUNK_BYTES
+        || at + chunk.raw_len as u64 > entry.size
+    {
+        return Err(SyncError::Protocol(format!(
+            "{}: chunk at {} of {} bytes does not follow offset {at}",
+            entry.path, chunk.offset, chunk.raw_len
+        )));
+    }
+    let compression = Compression::try_from(chunk.compression)
+        .map_err(|_| SyncError::Protocol(format!("unknown compression {}", chunk.compression)))?;
+    Ok(Some(RawChunk {
+        data: chunk.data,
+        compression,
+        raw_len: chunk.raw_len as usize,
+    }))
+}
+
 /// Opens (or creates) the partial file of a download; what it already holds
 /// is hashed so the final check covers the whole file.
 fn open_partial(path: &Path, size: u64) -> Result<Partial, SyncError> {
@@ -757,7 +965,14 @@ fn open_partial(path: &Path, size: u64) -> Result<Partial, SyncError> {
             len: 0,
         });
     }
-    let mut buf = vec![0u8; 1024 * 1024];
+    if len == 0 {
+        return Ok(Partial {
+            file,
+            hasher,
+            len: 0,
+        });
+    }
+    let mut buf = vec![0u8; 256 * 1024];
     let mut read = 0u64;
     loop {
         let n = file.read(&mut buf).map_err(io("reading", path))?;
@@ -774,19 +989,16 @@ fn open_partial(path: &Path, size: u64) -> Result<Partial, SyncError> {
     })
 }
 
-/// Verifies the hash, sets the mode and renames the partial into place. A
-/// partial that does not verify is deleted, so the next attempt starts over.
-fn finish_partial(
-    partial: Partial,
+/// Checks the hash of a complete partial. A partial that does not verify is
+/// deleted, so the next attempt starts over.
+fn verify_partial(
+    hasher: blake3::Hasher,
     partial_path: &Path,
-    dest: &Path,
-    mode: u32,
     rel: &str,
     expected: &str,
 ) -> Result<(), SyncError> {
-    let actual = partial.hasher.finalize().to_hex().to_string();
+    let actual = hasher.finalize().to_hex().to_string();
     if actual != expected {
-        drop(partial.file);
         let _ = std::fs::remove_file(partial_path);
         return Err(SyncError::HashMismatch {
             path: rel.to_owned(),
@@ -794,15 +1006,24 @@ fn finish_partial(
             actual,
         });
     }
-    partial
-        .file
-        .sync_all()
-        .map_err(io("syncing", partial_path))?;
-    partial
-        .file
-        .set_permissions(std::fs::Permissions::from_mode(mode))
+    Ok(())
+}
+
+/// Flushes a verified partial if asked, sets its mode and renames it into
+/// place.
+fn finish_file(
+    file: std::fs::File,
+    partial_path: &Path,
+    dest: &Path,
+    mode: u32,
+    sync: bool,
+) -> Result<(), SyncError> {
+    if sync {
+        file.sync_all().map_err(io("syncing", partial_path))?;
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(io("setting the mode of", partial_path))?;
-    drop(partial.file);
+    drop(file);
     match std::fs::rename(partial_path, dest) {
         Ok(()) => Ok(()),
         // The target is on another file system than its parent (a mount
@@ -813,6 +1034,11 @@ fn finish_partial(
                 dest.file_name().and_then(|n| n.to_str()).unwrap_or("file")
             ));
             std::fs::copy(partial_path, &tmp).map_err(io("copying to", &tmp))?;
+            if sync {
+                std::fs::File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io("syncing", &tmp))?;
+            }
             std::fs::rename(&tmp, dest).map_err(io("renaming into", dest))?;
             let _ = std::fs::remove_file(partial_path);
             Ok(())

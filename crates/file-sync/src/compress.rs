@@ -5,6 +5,8 @@
 //! did not shrink (media, archives, random data), the encoder only probes one
 //! chunk in sixteen, so incompressible files cost almost no CPU.
 
+use std::cell::RefCell;
+
 use crate::proto::Compression;
 
 /// zstd level: fast enough to beat a gigabit link and loopback copies alike.
@@ -44,7 +46,7 @@ impl ChunkEncoder {
             }
             self.skipped = 0;
         }
-        match zstd::bulk::compress(&raw, LEVEL) {
+        match compress_chunk(&raw) {
             Ok(packed) if packed.len() <= raw.len() - raw.len() / 10 => {
                 self.misses = 0;
                 (packed, Compression::Zstd)
@@ -57,11 +59,40 @@ impl ChunkEncoder {
     }
 }
 
+thread_local! {
+    // One zstd context per thread, reused chunk after chunk: creating one
+    // per chunk costs more than compressing a small chunk.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn compress_chunk(raw: &[u8]) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let ctx = match cell.as_mut() {
+            Some(ctx) => ctx,
+            None => cell.insert(zstd::bulk::Compressor::new(LEVEL)?),
+        };
+        ctx.compress(raw)
+    })
+}
+
+fn decompress_chunk(data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let ctx = match cell.as_mut() {
+            Some(ctx) => ctx,
+            None => cell.insert(zstd::bulk::Decompressor::new()?),
+        };
+        ctx.decompress(data, raw_len)
+    })
+}
+
 /// Decodes one chunk, refusing one whose decoded length is not `raw_len`.
 pub fn decode(data: Vec<u8>, compression: Compression, raw_len: usize) -> Result<Vec<u8>, String> {
     let out = match compression {
         Compression::None => data,
-        Compression::Zstd => zstd::bulk::decompress(&data, raw_len)
+        Compression::Zstd => decompress_chunk(&data, raw_len)
             .map_err(|e| format!("zstd chunk does not decode: {e}"))?,
     };
     if out.len() != raw_len {
