@@ -286,7 +286,15 @@ impl FileSync for Service {
         let state = &self.state;
         add(&state.metrics.download_requests, 1);
         crate::paths::validate_relative(&req.path).map_err(escape_status)?;
-        let (file, entry) = match self.open_for_download(&req.spider, &req.path).await {
+        let chunk_size = match req.chunk_size {
+            0 => DEFAULT_CHUNK_BYTES.min(state.max_chunk),
+            n => n.clamp(4096, state.max_chunk),
+        };
+        let zstd = req.accept.contains(&(Compression::Zstd as i32));
+        let (opened, entry) = match self
+            .open_for_download(&req.spider, &req.path, req.offset, chunk_size, zstd)
+            .await
+        {
             // The client listed this file in an earlier version: it is the
             // version that changed, not the client that is wrong.
             Err(s) if s.code() == tonic::Code::NotFound && !req.expected_hash.is_empty() => {
@@ -314,11 +322,6 @@ impl FileSync for Service {
             add(&state.metrics.download_resumes, 1);
             add(&state.metrics.download_bytes_skipped, req.offset);
         }
-        let chunk_size = match req.chunk_size {
-            0 => DEFAULT_CHUNK_BYTES.min(state.max_chunk),
-            n => n.clamp(4096, state.max_chunk),
-        };
-        let zstd = req.accept.contains(&(Compression::Zstd as i32));
         // Two chunks in the channel, one being read: memory per download is
         // a few chunks whatever the file size.
         let (tx, rx) = mpsc::channel(2);
@@ -330,6 +333,18 @@ impl FileSync for Service {
                 offset: req.offset,
                 chunk_size,
             })),
+        };
+        let file = match opened {
+            Opened::File(file) => file,
+            // The rest fits in one chunk: it was read with the open, on the
+            // same blocking thread, and is sent without a reader thread.
+            Opened::Whole(rest) => {
+                let mut messages = vec![Ok(header)];
+                if let Some(rest) = rest {
+                    messages.push(Ok(data_message(rest, &state.metrics)));
+                }
+                return Ok(Response::new(Box::pin(futures::stream::iter(messages))));
+            }
         };
         tx.send(Ok(header))
             .await
@@ -458,7 +473,10 @@ impl Service {
         &self,
         spider: &str,
         path: &str,
-    ) -> Result<(std::fs::File, crate::scan::ScannedEntry), Status> {
+        offset: u64,
+        chunk_size: u32,
+        zstd: bool,
+    ) -> Result<(Opened, crate::scan::ScannedEntry), Status> {
         let spiders = &self.state.spiders;
         for attempt in 0..2 {
             let scan = spiders.scan(spider).await.map_err(scan_status)?;
@@ -474,9 +492,18 @@ impl Service {
             let dir = spiders.spider_dir(spider).map_err(scan_status)?;
             let full = join_under(&dir, path).map_err(escape_status)?;
             let rel = path.to_owned();
-            let opened = tokio::task::spawn_blocking(move || open_inside(&dir, &full, rel))
-                .await
-                .map_err(|e| ErrorCode::Internal.status(e.to_string()))?;
+            let size = entry.walk.size;
+            let whole = offset <= size && size - offset <= u64::from(chunk_size);
+            let opened = tokio::task::spawn_blocking(move || {
+                let (file, meta) = open_inside(&dir, &full, rel.clone())?;
+                if !whole {
+                    return Ok((Opened::File(file), meta));
+                }
+                let rest = read_rest(file, offset, size, zstd, &rel)?;
+                Ok((Opened::Whole(rest), meta))
+            })
+            .await
+            .map_err(|e| ErrorCode::Internal.status(e.to_string()))?;
             match opened {
                 Ok((file, meta)) if entry.walk.same_file(&meta) => return Ok((file, entry)),
                 Ok(_) | Err(OpenError::Gone) if attempt == 0 => {
@@ -490,6 +517,7 @@ impl Service {
                 }
                 Err(OpenError::Escape(e)) => return Err(escape_status(e)),
                 Err(OpenError::Io(e)) => return Err(internal("opening the file")(e)),
+                Err(OpenError::Read(status)) => return Err(status),
             }
         }
         unreachable!("the loop returns on its second pass")
@@ -500,6 +528,80 @@ enum OpenError {
     Gone,
     Escape(PathEscape),
     Io(std::io::Error),
+    Read(Status),
+}
+
+/// A file opened for a download: left to a reader thread, or, when what
+/// is asked fits in one chunk, already read (`None` if nothing is left).
+enum Opened {
+    File(std::fs::File),
+    Whole(Option<EncodedChunk>),
+}
+
+/// One chunk read and encoded, ready to send.
+struct EncodedChunk {
+    offset: u64,
+    raw_len: usize,
+    data: Vec<u8>,
+    compression: Compression,
+}
+
+/// Reads `offset..size` of `file` (at most one chunk) and encodes it.
+fn read_rest(
+    mut file: std::fs::File,
+    offset: u64,
+    size: u64,
+    zstd: bool,
+    path: &str,
+) -> Result<Option<EncodedChunk>, OpenError> {
+    if offset == size {
+        return Ok(None);
+    }
+    let want = (size - offset) as usize;
+    let mut raw = vec![0u8; want];
+    let read = file
+        .seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut raw));
+    if let Err(e) = read {
+        return Err(OpenError::Read(read_status(e, path)));
+    }
+    let (data, compression) = ChunkEncoder::new(zstd).encode(raw);
+    Ok(Some(EncodedChunk {
+        offset,
+        raw_len: want,
+        data,
+        compression,
+    }))
+}
+
+fn read_status(e: std::io::Error, path: &str) -> Status {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Status::unavailable(format!("{path} shrank while being sent; retry"))
+    } else {
+        internal("reading")(e)
+    }
+}
+
+/// The data message of an encoded chunk, counted in the metrics.
+fn data_message(chunk: EncodedChunk, metrics: &Metrics) -> DownloadChunk {
+    add(&metrics.bytes_sent, chunk.data.len() as u64);
+    add(&metrics.raw_bytes_sent, chunk.raw_len as u64);
+    add(
+        if chunk.compression == Compression::Zstd {
+            &metrics.chunks_compressed
+        } else {
+            &metrics.chunks_raw
+        },
+        1,
+    );
+    DownloadChunk {
+        kind: Some(download_chunk::Kind::Data(DataChunk {
+            offset: chunk.offset,
+            data: chunk.data,
+            compression: chunk.compression as i32,
+            raw_len: chunk.raw_len as u32,
+        })),
+    }
 }
 
 /// Opens `full`, refusing it if it resolves (through links) outside `dir`.
@@ -513,8 +615,8 @@ fn open_inside(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(OpenError::Gone),
         Err(e) => return Err(OpenError::Io(e)),
     };
-    let dir = dir.canonicalize().map_err(OpenError::Io)?;
-    if !resolved.starts_with(&dir) {
+    // `dir` comes from `Spiders::spider_dir`: already canonical.
+    if !resolved.starts_with(dir) {
         return Err(OpenError::Escape(PathEscape::new(
             rel,
             EscapeReason::Symlink,
@@ -560,33 +662,19 @@ fn produce_chunks(
         let want = (total - pos).min(chunk_size as u64) as usize;
         let mut raw = vec![0u8; want];
         if let Err(e) = file.read_exact(&mut raw) {
-            let status = if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Status::unavailable(format!("{path} shrank while being sent; retry"))
-            } else {
-                internal("reading")(e)
-            };
-            let _ = tx.blocking_send(Err(status));
+            let _ = tx.blocking_send(Err(read_status(e, path)));
             return;
         }
         let (data, compression) = encoder.encode(raw);
-        add(&metrics.bytes_sent, data.len() as u64);
-        add(&metrics.raw_bytes_sent, want as u64);
-        add(
-            if compression == Compression::Zstd {
-                &metrics.chunks_compressed
-            } else {
-                &metrics.chunks_raw
-            },
-            1,
-        );
-        let chunk = DownloadChunk {
-            kind: Some(download_chunk::Kind::Data(DataChunk {
+        let chunk = data_message(
+            EncodedChunk {
                 offset: pos,
+                raw_len: want,
                 data,
-                compression: compression as i32,
-                raw_len: want as u32,
-            })),
-        };
+                compression,
+            },
+            metrics,
+        );
         if tx.blocking_send(Ok(chunk)).is_err() {
             return; // the client went away
         }
