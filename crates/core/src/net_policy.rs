@@ -54,6 +54,16 @@ impl NetworkPolicy {
     }
 }
 
+/// The address a URL names literally (`http://127.0.0.1/`, `http://[::1]/`):
+/// such a URL is never resolved, so the policy must be applied to it directly.
+pub fn literal_ip(url: &url::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(v4) => Some(v4.into()),
+        url::Host::Ipv6(v6) => Some(v6.into()),
+        url::Host::Domain(_) => None,
+    }
+}
+
 /// An IPv4 address written as IPv6 (`::ffff:127.0.0.1`) is checked as IPv4.
 fn canonical(addr: IpAddr) -> IpAddr {
     match addr {

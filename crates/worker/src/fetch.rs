@@ -3,12 +3,12 @@
 //! to 127.0.0.1), every redirect hop re-checked, timeouts, and a body cap
 //! that also bounds what decompression may produce.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crawler_core::model::PageFacts;
-use crawler_core::net_policy::NetworkPolicy;
+use crawler_core::net_policy::{NetworkPolicy, literal_ip};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::Url;
 
@@ -152,12 +152,7 @@ fn is_html_type(content_type: &str) -> bool {
 
 /// An IP written in the URL never reaches the resolver, so it is checked here.
 fn check_literal_host(url: &Url, policy: &NetworkPolicy) -> Result<(), String> {
-    let ip: Option<IpAddr> = match url.host() {
-        Some(url::Host::Ipv4(v4)) => Some(v4.into()),
-        Some(url::Host::Ipv6(v6)) => Some(v6.into()),
-        _ => None,
-    };
-    match ip {
+    match literal_ip(url) {
         Some(ip) => policy
             .check(ip)
             .map_err(|e| format!("forbidden address: {e}")),

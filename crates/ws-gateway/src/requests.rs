@@ -1,7 +1,6 @@
 //! What the gateway does with each client request: validate, answer from
 //! the cache or queue, and answer `status` from the store.
 
-use std::net::IpAddr;
 use std::time::Instant;
 
 use crawler_core::ErrorCode;
@@ -132,12 +131,7 @@ async fn check_network(state: &AppState, url: &Url) -> Result<(), Refusal> {
     let forbidden = |e: crawler_core::net_policy::ForbiddenAddress| {
         (ErrorCode::ForbiddenAddress, format!("{url}: {e}"))
     };
-    let literal: Option<IpAddr> = match url.host() {
-        Some(url::Host::Ipv4(v4)) => Some(v4.into()),
-        Some(url::Host::Ipv6(v6)) => Some(v6.into()),
-        _ => None,
-    };
-    if let Some(ip) = literal {
+    if let Some(ip) = crawler_core::net_policy::literal_ip(url) {
         return state.policy.check(ip).map_err(forbidden);
     }
     let host = url.host_str().unwrap_or_default().to_string();
