@@ -30,5 +30,10 @@ pub use crawler_proto::filesync::v1 as proto;
 pub const MAX_CHUNK_BYTES: u32 = 1024 * 1024;
 /// Chunk size used when a client does not ask for one.
 pub const DEFAULT_CHUNK_BYTES: u32 = 256 * 1024;
+/// Largest chunk the server sends unless configured otherwise. Smaller
+/// chunks keep less in flight per download (the chunk being read, two
+/// queued, one being encoded and one in the HTTP/2 send queue) and, on
+/// loopback, stream faster than 1 MiB ones.
+pub const DEFAULT_MAX_SEND_CHUNK_BYTES: u32 = 128 * 1024;
 /// Entries per scan chunk.
 pub const SCAN_CHUNK_ENTRIES: usize = 100;

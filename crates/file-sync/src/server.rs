@@ -36,7 +36,9 @@ use crate::proto::{
 };
 use crate::scan::{ScanError, Spiders};
 use crate::tree::WalkError;
-use crate::{DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, SCAN_CHUNK_ENTRIES};
+use crate::{
+    DEFAULT_CHUNK_BYTES, DEFAULT_MAX_SEND_CHUNK_BYTES, MAX_CHUNK_BYTES, SCAN_CHUNK_ENTRIES,
+};
 
 /// Configuration of the file-sync server. Every flag can also be set in the
 /// environment as `FILE_SYNC__<FLAG>` (for example `FILE_SYNC__ROOT`);
@@ -60,7 +62,7 @@ pub struct Config {
     #[arg(long, env = "FILE_SYNC__SCAN_TTL_MS", default_value_t = 2000)]
     pub scan_ttl_ms: u64,
     /// Largest download chunk the server sends, whatever a client asks for.
-    #[arg(long, env = "FILE_SYNC__MAX_CHUNK_BYTES", default_value_t = MAX_CHUNK_BYTES)]
+    #[arg(long, env = "FILE_SYNC__MAX_CHUNK_BYTES", default_value_t = DEFAULT_MAX_SEND_CHUNK_BYTES)]
     pub max_chunk_bytes: u32,
     /// Log filter, overridden by RUST_LOG.
     #[arg(long, env = "FILE_SYNC__LOG_FILTER", default_value = "info")]
@@ -78,7 +80,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             root: root.into(),
             scan_ttl_ms: 2000,
-            max_chunk_bytes: MAX_CHUNK_BYTES,
+            max_chunk_bytes: DEFAULT_MAX_SEND_CHUNK_BYTES,
             log_filter: "info".into(),
             log_format: LogFormat::Text,
         }
