@@ -114,6 +114,15 @@ impl Service {
         self.addr.as_deref().expect("this service listens")
     }
 
+    /// Asks the service to stop gracefully (SIGTERM).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "cannot signal {}", self.name);
+    }
+
     /// Log lines containing `needle`, so far.
     pub fn count_log(&self, needle: &str) -> usize {
         self.log

@@ -129,3 +129,33 @@ async fn heartbeats_record_progress_that_status_reports_while_the_job_runs() {
     );
     cluster.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_gracefully_finishes_its_batch_before_leaving() {
+    let cluster = Cluster::start(1, 1, &[], &[]).await;
+    let site = gated_site().await;
+    let mut client = WsClient::connect(&cluster.ws_url()).await;
+    client.submit("J", &format!("{}/", site.base), 1).await;
+    site.slow_requested.notified().await;
+
+    // SIGTERM while the worker holds the /slow batch: it drains instead of dropping it.
+    cluster.workers[0].terminate();
+    cluster.workers[0]
+        .wait_for_log("shutdown requested", 1)
+        .await;
+    site.open.send_replace(true);
+    let result = client.result("J").await;
+    assert_eq!(result["pages"][1]["title"], "Slow");
+    cluster.workers[0].wait_for_log("worker stopped", 1).await;
+    assert_eq!(
+        site.slow_hits.load(Ordering::SeqCst),
+        1,
+        "fetched once, by the draining worker"
+    );
+    assert_eq!(
+        cluster.masters[0].count_log("requeued_batches=0"),
+        1,
+        "nothing was requeued"
+    );
+    cluster.cleanup().await;
+}

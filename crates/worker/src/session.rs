@@ -21,6 +21,8 @@ use crate::spider::SpiderCache;
 
 /// How long a stopping worker waits for batches in flight before leaving.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a stopping worker waits for its master to read the last results.
+const STREAM_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct SessionConfig {
     pub master: String,
@@ -154,6 +156,16 @@ async fn run_once(
             tracing::warn!(
                 "batches still running after the drain timeout; the master will re-dispatch them"
             );
+        }
+        // End our half of the stream only now, and wait for the master to end
+        // its half: dropping the call at once could lose results still queued.
+        drop(tx);
+        let master_done = async { while inbound.next().await.is_some() {} };
+        if tokio::time::timeout(STREAM_CLOSE_TIMEOUT, master_done)
+            .await
+            .is_err()
+        {
+            tracing::warn!("master did not close the stream; leaving anyway");
         }
     }
     outcome
