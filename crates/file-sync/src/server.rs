@@ -496,9 +496,12 @@ impl Service {
             let rel = path.to_owned();
             let size = entry.walk.size;
             let whole = offset <= size && size - offset <= u64::from(chunk_size);
+            let walked = entry.walk.clone();
             let opened = tokio::task::spawn_blocking(move || {
                 let (file, meta) = open_inside(&dir, &full, rel.clone())?;
-                if !whole {
+                // Read only the file the scan describes; another one is
+                // answered below, as a file opened for the reader thread.
+                if !whole || !walked.same_file(&meta) {
                     return Ok((Opened::File(file), meta));
                 }
                 let rest = read_rest(file, offset, size, zstd, &rel)?;
