@@ -29,7 +29,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
@@ -682,6 +682,9 @@ struct RawChunk {
 
 type DownloadStream = tonic::Streaming<crate::proto::DownloadChunk>;
 
+/// Most bytes of already received chunks written by one blocking task.
+const WRITE_BATCH_BYTES: usize = 1024 * 1024;
+
 impl DownloadCtx {
     /// The partial file of one version of one path: resumable across runs,
     /// never shared by two different files.
@@ -870,31 +873,72 @@ impl DownloadCtx {
     ) -> Result<(Partial, u64), SyncError> {
         let mut stream = self.start_download(entry, partial.len).await?;
         let mut wire = 0u64;
-        while let Some(chunk) = next_chunk(&mut stream, &self.spider, entry, partial.len).await? {
-            wire += chunk.data.len() as u64;
+        let mut ended = false;
+        while !ended {
+            let Some(first) = next_chunk(&mut stream, &self.spider, entry, partial.len).await?
+            else {
+                break;
+            };
+            // Chunks that already arrived are written by the same blocking
+            // task (up to WRITE_BATCH_BYTES), rather than one task each.
+            let mut next_at = partial.len + first.raw_len as u64;
+            let mut batch_bytes = first.raw_len;
+            let mut batch = vec![first];
+            let mut failed = None;
+            while batch_bytes < WRITE_BATCH_BYTES {
+                match next_chunk(&mut stream, &self.spider, entry, next_at).now_or_never() {
+                    None => break,
+                    Some(Ok(Some(chunk))) => {
+                        next_at += chunk.raw_len as u64;
+                        batch_bytes += chunk.raw_len;
+                        batch.push(chunk);
+                    }
+                    Some(Ok(None)) => {
+                        ended = true;
+                        break;
+                    }
+                    // What arrived before the failure is still written, for
+                    // the next attempt to resume after it.
+                    Some(Err(e)) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            wire += batch.iter().map(|c| c.data.len() as u64).sum::<u64>();
+            let lens: Vec<usize> = batch.iter().map(|c| c.raw_len).collect();
             let path = entry.path.clone();
             let mut p = partial;
             partial = blocking(move || {
-                let raw = decode(chunk.data, chunk.compression, chunk.raw_len)
-                    .map_err(|e| SyncError::Protocol(format!("{path}: {e}")))?;
-                p.file.write_all(&raw).map_err(|source| SyncError::Io {
-                    op: "writing",
-                    path: PathBuf::from(&path),
-                    source,
-                })?;
-                p.hasher.update(&raw);
-                p.len += raw.len() as u64;
+                for chunk in batch {
+                    let raw = decode(chunk.data, chunk.compression, chunk.raw_len)
+                        .map_err(|e| SyncError::Protocol(format!("{path}: {e}")))?;
+                    p.file.write_all(&raw).map_err(|source| SyncError::Io {
+                        op: "writing",
+                        path: PathBuf::from(&path),
+                        source,
+                    })?;
+                    p.hasher.update(&raw);
+                    p.len += raw.len() as u64;
+                }
                 Ok(p)
             })
             .await?;
             if let Some(progress) = &self.options.progress {
-                let _ = progress
-                    .send(Progress {
-                        path: entry.path.clone(),
-                        written: partial.len,
-                        total: entry.size,
-                    })
-                    .await;
+                let mut written = partial.len - lens.iter().map(|&n| n as u64).sum::<u64>();
+                for n in lens {
+                    written += n as u64;
+                    let _ = progress
+                        .send(Progress {
+                            path: entry.path.clone(),
+                            written,
+                            total: entry.size,
+                        })
+                        .await;
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
             }
         }
         if partial.len != entry.size {
