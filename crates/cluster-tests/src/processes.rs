@@ -114,6 +114,12 @@ impl Service {
         self.addr.as_deref().expect("this service listens")
     }
 
+    /// Kills the service at once (SIGKILL) and waits until it is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Asks the service to stop gracefully (SIGTERM).
     pub fn terminate(&self) {
         let status = Command::new("kill")

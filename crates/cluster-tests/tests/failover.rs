@@ -8,8 +8,9 @@ use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
 use cluster_tests::levels_of;
-use cluster_tests::processes::Cluster;
+use cluster_tests::processes::{Cluster, Service};
 use cluster_tests::ws::WsClient;
+use crawler_core::ports::JobQueue;
 use tokio::sync::{Notify, watch};
 
 /// `/` links to `/slow`, which answers only once the test opens the gate.
@@ -157,5 +158,37 @@ async fn a_worker_stopped_gracefully_finishes_its_batch_before_leaving() {
         1,
         "nothing was requeued"
     );
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_server_outage_delays_jobs_without_losing_them() {
+    let mut cluster = Cluster::start(1, 1, &[], &[]).await;
+    let site = gated_site().await;
+    site.open.send_replace(true);
+    let lock_addr = cluster.lock.addr().to_string();
+    let database_url = format!("{}/{}", cluster.engines.postgres_server, cluster.database);
+    cluster.lock.kill();
+
+    let mut client = WsClient::connect(&cluster.ws_url()).await;
+    client.submit("J", &format!("{}/", site.base), 1).await;
+    // More failed attempts than the queue's delivery limit (5): the job must
+    // still not be dead-lettered, because the master holds it instead of requeueing.
+    cluster.masters[0].wait_for_log("retrying acquire", 6).await;
+    cluster.lock = Service::start(
+        "lock-server",
+        "lock-server",
+        &[
+            "--listen".into(),
+            lock_addr,
+            "--database-url".into(),
+            database_url,
+        ],
+        true,
+    )
+    .await;
+    let result = client.result("J").await;
+    assert_eq!(levels_of(&result).concat().len(), 2);
+    assert_eq!(cluster.queue().await.dead_letter_count().await.unwrap(), 0);
     cluster.cleanup().await;
 }

@@ -44,28 +44,17 @@ pub async fn handle_delivery(ctx: Arc<JobContext>, delivery: Delivery) {
         }
     };
     let job_id = spec.job_id.clone();
-    let mut lock = ctx.lock.clone();
-    let acquired = lock
-        .acquire(v1::AcquireRequest {
-            job: Some((&spec).into()),
-            master_id: ctx.master_id.clone(),
-            ttl_ms: ctx.lease_ttl.as_millis() as u32,
-        })
-        .await;
-    let outcome = match acquired {
-        Ok(response) => response.into_inner().outcome,
-        Err(status) => {
-            // The job is not durable yet: give it back and let the queue retry.
-            tracing::warn!(%job_id, error = %status.message(), "lock server refused or unreachable; requeueing job");
-            tokio::select! {
-                _ = ctx.shutdown.cancelled() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-            if let Err(e) = delivery.requeue().await {
-                tracing::warn!(%job_id, error = %e, "cannot requeue job");
-            }
-            return;
+    let request = v1::AcquireRequest {
+        job: Some((&spec).into()),
+        master_id: ctx.master_id.clone(),
+        ttl_ms: ctx.lease_ttl.as_millis() as u32,
+    };
+    let Some(outcome) = acquire_with_retry(&ctx, &job_id, request).await else {
+        // Shutting down before the job was durable: hand it back untouched.
+        if let Err(e) = delivery.requeue().await {
+            tracing::warn!(%job_id, error = %e, "cannot requeue job");
         }
+        return;
     };
     // From here the job is in the store: the queue message may go.
     if let Err(e) = delivery.ack().await {
@@ -198,6 +187,32 @@ async fn run_leased(ctx: &Arc<JobContext>, spec: JobSpec, token: u64) {
     ctx.stats.jobs_completed.fetch_add(1, Ordering::Relaxed);
     tracing::info!(%job_id, pages = record.result.as_ref().map_or(0, |r| r.pages.len()), "crawl finished");
     publish_finished(ctx, record).await;
+}
+
+/// Asks the lock server for the job until it answers. The delivery stays
+/// unsettled meanwhile: requeueing on every failure would spend the queue's
+/// delivery limit, and an outage of a few seconds would dead-letter good jobs.
+/// `None` only when the master is shutting down.
+async fn acquire_with_retry(
+    ctx: &JobContext,
+    job_id: &crawler_core::model::JobId,
+    request: v1::AcquireRequest,
+) -> Option<Option<acquire_response::Outcome>> {
+    let mut lock = ctx.lock.clone();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match lock.acquire(request.clone()).await {
+            Ok(response) => return Some(response.into_inner().outcome),
+            Err(status) => {
+                tracing::warn!(%job_id, error = %status.message(), retry_in_ms = backoff.as_millis() as u64, "lock server refused or unreachable; retrying acquire");
+            }
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(3));
+    }
 }
 
 async fn publish_finished(ctx: &JobContext, record: JobRecord) {
