@@ -8,6 +8,7 @@ pub mod model;
 pub mod net_policy;
 pub mod ports;
 pub mod protocol;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 pub mod urls;

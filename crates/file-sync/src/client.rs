@@ -29,6 +29,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crawler_core::retry::{RetryPolicy, Transient};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
@@ -80,9 +81,10 @@ pub enum SyncError {
     },
 }
 
-impl SyncError {
-    /// Whether trying again may succeed.
-    pub fn is_transient(&self) -> bool {
+/// Whether trying again may succeed: the sync's own rule, applied by the
+/// one retry policy of every service.
+impl Transient for SyncError {
+    fn is_transient(&self) -> bool {
         use tonic::Code;
         match self {
             Self::Transport(_) | Self::RemoteChanged { .. } | Self::HashMismatch { .. } => true,
@@ -99,7 +101,9 @@ impl SyncError {
             _ => false,
         }
     }
+}
 
+impl SyncError {
     fn from_status(status: tonic::Status, spider: &str) -> Self {
         match status.code() {
             tonic::Code::NotFound if status.message().starts_with("spider ") => {
@@ -130,11 +134,8 @@ pub struct MirrorOptions {
     pub chunk_size: u32,
     /// Files downloaded at once over the one connection.
     pub parallel_downloads: usize,
-    /// Attempts in all, the first included, before a transient error is returned.
-    pub max_attempts: u32,
-    /// Backoff before the second attempt; doubled each time, with jitter.
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
+    /// How transient failures are retried before one is returned.
+    pub retry: RetryPolicy,
     pub connect_timeout: Duration,
     /// Accept zstd-compressed chunks (the server compresses only where it pays).
     pub compression: bool,
@@ -169,9 +170,8 @@ impl Default for MirrorOptions {
         Self {
             chunk_size: DEFAULT_CHUNK_BYTES,
             parallel_downloads: 4,
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
+            retry: RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(5))
+                .with_retries(4),
             connect_timeout: Duration::from_secs(5),
             compression: true,
             progress: None,
@@ -250,21 +250,6 @@ async fn connect(endpoint: &str, timeout: Duration) -> Result<FileSyncClient<Cha
         .max_encoding_message_size(limit))
 }
 
-/// Delay before attempt `attempt + 1` (attempt counts from 1): exponential,
-/// capped, with "equal jitter" (half fixed, half random) so a fleet of
-/// workers does not come back in lockstep.
-pub fn backoff_delay(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    use std::hash::BuildHasher;
-    let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    let ceiling = exp.min(max);
-    let half = ceiling / 2;
-    let random = std::collections::hash_map::RandomState::new().hash_one(attempt);
-    let jitter_nanos = (half.as_nanos() as u64)
-        .checked_add(1)
-        .map_or(0, |n| random % n);
-    half + Duration::from_nanos(jitter_nanos)
-}
-
 /// Makes `target` an exact copy of the spider `spider` on the server at
 /// `endpoint`. See the module documentation for the guarantees.
 #[must_use = "a failed mirror must fail the task that needed the files"]
@@ -290,6 +275,7 @@ pub async fn mirror(
     let _lock = lock_folder(&work).await?;
     let mut report = MirrorReport::default();
     let mut attempt = 0;
+    let mut backoff = options.retry.backoff();
     loop {
         attempt += 1;
         report.attempts = attempt;
@@ -305,8 +291,10 @@ pub async fn mirror(
                 );
                 return Ok(report);
             }
-            Err(e) if e.is_transient() && attempt < options.max_attempts => {
-                let delay = backoff_delay(attempt, options.initial_backoff, options.max_backoff);
+            Err(e) if e.is_transient() => {
+                let Some(delay) = backoff.next_delay() else {
+                    return Err(e);
+                };
                 tracing::warn!(spider, attempt, error = %e, ?delay, "sync attempt failed; retrying");
                 tokio::time::sleep(delay).await;
             }
@@ -1263,17 +1251,6 @@ mod tests {
             validate_remote_entry(&e),
             Err(SyncError::Protocol(_))
         ));
-    }
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        let init = Duration::from_millis(100);
-        let max = Duration::from_secs(2);
-        for attempt in 1..20 {
-            let d = backoff_delay(attempt, init, max);
-            let ceiling = (init * 2u32.pow((attempt - 1).min(16))).min(max);
-            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
-        }
     }
 
     #[test]

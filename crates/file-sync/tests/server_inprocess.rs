@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{InProcess, snapshot, write_file, write_spider_v1};
+use crawler_core::retry::RetryPolicy;
 use file_sync::client::{self, MirrorOptions};
 use file_sync::proto::ScanRequest;
 use file_sync::proto::file_sync_client::FileSyncClient;
@@ -140,8 +141,8 @@ async fn readers_see_the_old_or_the_new_version_never_a_mix() {
     while !pusher.is_finished() || seen == 0 {
         let target = tmp.path().join(format!("reader{seen}"));
         let options = MirrorOptions {
-            max_attempts: 20,
-            initial_backoff: Duration::from_millis(5),
+            retry: RetryPolicy::new(Duration::from_millis(5), Duration::from_secs(5))
+                .with_retries(19),
             ..MirrorOptions::default()
         };
         let _ = client::mirror(&ep, "flip", &target, &options)

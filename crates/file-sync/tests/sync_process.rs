@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{ServerProcess, noise, snapshot, write_file, write_spider_v1};
+use crawler_core::retry::{RetryPolicy, Transient};
 use file_sync::client::{self, MirrorOptions, Progress};
 use std::os::unix::fs::PermissionsExt;
 
@@ -189,7 +190,7 @@ async fn an_interrupted_download_resumes_from_its_offset() {
     // this test by more than a chunk or two once we stop reading.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Progress>(1);
     let options = MirrorOptions {
-        max_attempts: 1,
+        retry: RetryPolicy::new(Duration::ZERO, Duration::ZERO).with_retries(0),
         parallel_downloads: 1,
         compression: false,
         progress: Some(tx),

@@ -9,6 +9,7 @@ use crawler_core::ErrorCode;
 use crawler_core::events::GatewayEvent;
 use crawler_core::model::{JobFailure, JobRecord, JobSpec};
 use crawler_core::ports::{Delivery, EventKind, JobQueue, ResultCache};
+use crawler_core::retry::{RetryError, RetryPolicy};
 use crawler_proto::v1::{self, acquire_response, lock_service_client::LockServiceClient};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -32,6 +33,14 @@ pub struct JobContext {
 
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Calls to the lock server that must eventually get an answer.
+const LOCK_CALLS: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(3));
+
+/// A result is published a few times, then left to `status`.
+const PUBLISH_RESULT: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(2)).with_retries(4);
+
 pub async fn handle_delivery(ctx: Arc<JobContext>, delivery: Delivery) {
     let spec: JobSpec = match serde_json::from_slice(&delivery.payload) {
         Ok(spec) => spec,
@@ -49,12 +58,23 @@ pub async fn handle_delivery(ctx: Arc<JobContext>, delivery: Delivery) {
         master_id: ctx.master_id.clone(),
         ttl_ms: ctx.lease_ttl.as_millis() as u32,
     };
-    let Some(outcome) = acquire_with_retry(&ctx, &job_id, request).await else {
-        // Shutting down before the job was durable: hand it back untouched.
-        if let Err(e) = delivery.requeue().await {
-            tracing::warn!(%job_id, error = %e, "cannot requeue job");
+    let outcome = match acquire_with_retry(&ctx, &job_id, request).await {
+        Acquired::Answer(outcome) => *outcome,
+        Acquired::ShuttingDown => {
+            // Shutting down before the job was durable: hand it back untouched.
+            if let Err(e) = delivery.requeue().await {
+                tracing::warn!(%job_id, error = %e, "cannot requeue job");
+            }
+            return;
         }
-        return;
+        Acquired::Refused(status) => {
+            // Another try would be refused the same way: park it for an operator.
+            tracing::error!(%job_id, error = %status.message(), "lock server refused the job; dead-lettering it");
+            if let Err(e) = delivery.dead_letter().await {
+                tracing::warn!(%job_id, error = %e, "cannot dead-letter message");
+            }
+            return;
+        }
     };
     // From here the job is in the store: the queue message may go.
     if let Err(e) = delivery.ack().await {
@@ -192,27 +212,37 @@ async fn run_leased(ctx: &Arc<JobContext>, spec: JobSpec, token: u64) {
 /// Asks the lock server for the job until it answers. The delivery stays
 /// unsettled meanwhile: requeueing on every failure would spend the queue's
 /// delivery limit, and an outage of a few seconds would dead-letter good jobs.
-/// `None` only when the master is shutting down.
 async fn acquire_with_retry(
     ctx: &JobContext,
     job_id: &crawler_core::model::JobId,
     request: v1::AcquireRequest,
-) -> Option<Option<acquire_response::Outcome>> {
-    let mut lock = ctx.lock.clone();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match lock.acquire(request.clone()).await {
-            Ok(response) => return Some(response.into_inner().outcome),
-            Err(status) => {
-                tracing::warn!(%job_id, error = %status.message(), retry_in_ms = backoff.as_millis() as u64, "lock server refused or unreachable; retrying acquire");
-            }
+) -> Acquired {
+    let lock = ctx.lock.clone();
+    let acquired = LOCK_CALLS
+        .retry(
+            &ctx.shutdown,
+            || {
+                let (mut lock, request) = (lock.clone(), request.clone());
+                async move { lock.acquire(request).await }
+            },
+            |status, delay| {
+                tracing::warn!(%job_id, error = %status.message(), retry_in_ms = delay.as_millis() as u64, "lock server refused or unreachable; retrying acquire");
+            },
+        )
+        .await;
+    match acquired {
+        Ok(response) => Acquired::Answer(Box::new(response.into_inner().outcome)),
+        Err(RetryError::Cancelled) => Acquired::ShuttingDown,
+        Err(RetryError::Permanent(status) | RetryError::Exhausted(status)) => {
+            Acquired::Refused(status)
         }
-        tokio::select! {
-            _ = ctx.shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(3));
     }
+}
+
+enum Acquired {
+    Answer(Box<Option<acquire_response::Outcome>>),
+    Refused(tonic::Status),
+    ShuttingDown,
 }
 
 async fn publish_finished(ctx: &JobContext, record: JobRecord) {
@@ -222,22 +252,19 @@ async fn publish_finished(ctx: &JobContext, record: JobRecord) {
         record: Box::new(record),
     }
     .to_bytes();
-    let mut delay = Duration::from_millis(100);
-    for attempt in 1..=5 {
-        match ctx
-            .queue
-            .publish_event(&key, EventKind::Result, event.clone())
-            .await
-        {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(%job_id, attempt, error = %e, "cannot publish result; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
+    let published = PUBLISH_RESULT
+        .retry(
+            &CancellationToken::new(),
+            || {
+                ctx.queue
+                    .publish_event(&key, EventKind::Result, event.clone())
+            },
+            |e, _| tracing::warn!(%job_id, error = %e, "cannot publish result; retrying"),
+        )
+        .await;
+    if published.is_err() {
+        tracing::error!(%job_id, "result not published; the client can still ask for it with `status`");
     }
-    tracing::error!(%job_id, "result not published; the client can still ask for it with `status`");
 }
 
 async fn heartbeat_loop(

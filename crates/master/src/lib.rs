@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crawler_core::ports::{JobQueue, ResultCache};
+use crawler_core::retry::RetryPolicy;
 use crawler_proto::v1::lock_service_client::LockServiceClient;
 use crawler_proto::v1::master_service_server::MasterServiceServer;
 use futures::StreamExt;
@@ -117,6 +118,12 @@ impl Master {
     }
 }
 
+/// How the master subscribes again after losing the job queue.
+const RESUBSCRIBE: RetryPolicy = RetryPolicy::new(
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_secs(5),
+);
+
 /// Takes jobs while a job slot is free; unsettled deliveries never exceed the prefetch.
 async fn consume(
     ctx: Arc<JobContext>,
@@ -125,21 +132,19 @@ async fn consume(
 ) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(usize::from(max_jobs)));
     let running = TaskTracker::new();
-    let mut backoff = std::time::Duration::from_millis(200);
+    let mut backoff = RESUBSCRIBE.backoff();
     'connect: while !shutdown.is_cancelled() {
         let mut deliveries = match ctx.queue.consume_jobs(max_jobs).await {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot consume jobs; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(&shutdown).await {
+                    break;
                 }
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                 continue;
             }
         };
-        backoff = std::time::Duration::from_millis(200);
+        backoff.reset();
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break 'connect,

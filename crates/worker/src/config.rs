@@ -128,11 +128,11 @@ impl WorkerConfig {
         })
     }
 
-    pub fn min_backoff(&self) -> Duration {
-        Duration::from_millis(self.min_backoff_ms)
-    }
-
-    pub fn max_backoff(&self) -> Duration {
-        Duration::from_millis(self.max_backoff_ms)
+    /// How a lost master is reconnected to.
+    pub fn reconnect_policy(&self) -> crawler_core::retry::RetryPolicy {
+        crawler_core::retry::RetryPolicy::new(
+            Duration::from_millis(self.min_backoff_ms),
+            Duration::from_millis(self.max_backoff_ms),
+        )
     }
 }

@@ -51,8 +51,7 @@ impl Worker {
                 worker_id: self.config.worker_id.clone(),
                 credit: self.config.batches_in_flight,
                 fetch_concurrency: self.config.fetch_concurrency,
-                min_backoff: self.config.min_backoff(),
-                max_backoff: self.config.max_backoff(),
+                reconnect: self.config.reconnect_policy(),
             };
             sessions.spawn(session::run(
                 config,

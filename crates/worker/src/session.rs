@@ -9,12 +9,13 @@ use crawler_proto::v1::{
     master_service_client::MasterServiceClient, worker_message,
 };
 use futures::StreamExt;
-use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use url::Url;
+
+use crawler_core::retry::RetryPolicy;
 
 use crate::fetch::Fetcher;
 use crate::spider::SpiderCache;
@@ -31,8 +32,7 @@ pub struct SessionConfig {
     pub credit: u32,
     /// Pages fetched at once within a batch.
     pub fetch_concurrency: usize,
-    pub min_backoff: Duration,
-    pub max_backoff: Duration,
+    pub reconnect: RetryPolicy,
 }
 
 /// Keeps a session with one master alive until `shutdown`.
@@ -42,7 +42,7 @@ pub async fn run(
     spiders: Arc<SpiderCache>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = config.min_backoff;
+    let mut backoff = config.reconnect.backoff();
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -52,18 +52,15 @@ pub async fn run(
             Err(SessionEnd::Registered(reason)) => {
                 // A session that got as far as registering was healthy: start over gently.
                 tracing::warn!(master = %config.master, %reason, "stream to master ended; reconnecting");
-                backoff = config.min_backoff;
+                backoff.reset();
             }
             Err(SessionEnd::NotRegistered(reason)) => {
-                tracing::warn!(master = %config.master, %reason, retry_in_ms = backoff.as_millis() as u64, "cannot reach master");
+                tracing::warn!(master = %config.master, %reason, "cannot reach master; retrying");
             }
         }
-        let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.5));
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(jittered) => {}
+        if !backoff.wait(&shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(config.max_backoff);
     }
 }
 

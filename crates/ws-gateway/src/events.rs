@@ -6,30 +6,33 @@ use std::time::Duration;
 
 use crawler_core::events::GatewayEvent;
 use crawler_core::protocol::ServerMessage;
+use crawler_core::retry::RetryPolicy;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
 use crate::requests::record_message;
 
+/// How the gateway subscribes again after losing its queue.
+const RESUBSCRIBE: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
+
 pub async fn route_events(state: AppState, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = RESUBSCRIBE.backoff();
     while !shutdown.is_cancelled() {
         let mut events = match state.engines.queue.consume_events(&state.gateway_key).await {
             Ok(events) => events,
             Err(e) => {
                 state.ready.store(false, Ordering::Relaxed);
                 tracing::warn!(error = %e, "cannot subscribe to results; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(&shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
         state.ready.store(true, Ordering::Relaxed);
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         loop {
             let delivery = tokio::select! {
                 _ = shutdown.cancelled() => return,
