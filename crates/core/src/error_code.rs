@@ -44,6 +44,12 @@ pub enum ErrorCode {
     ProtocolMismatch,
     /// A path leaves the folder it must stay in.
     PathEscapesRoot,
+    /// No spider of that name exists.
+    UnknownSpider,
+    /// A file changed on the server while it was being read.
+    FileChanged,
+    /// This lock-server replica is not the leader; the status names the one that is.
+    NotLeader,
     /// Something that should not happen did.
     Internal,
 }
@@ -70,6 +76,9 @@ impl ErrorCode {
             Self::StaleLease => "stale_lease",
             Self::ProtocolMismatch => "protocol_mismatch",
             Self::PathEscapesRoot => "path_escapes_root",
+            Self::UnknownSpider => "unknown_spider",
+            Self::FileChanged => "file_changed",
+            Self::NotLeader => "not_leader",
             Self::Internal => "internal",
         }
     }
@@ -89,23 +98,73 @@ impl ErrorCode {
             | Self::MessageTooLarge
             | Self::PathEscapesRoot => Code::InvalidArgument,
             Self::ForbiddenAddress => Code::PermissionDenied,
-            Self::UnresolvableHost | Self::UnknownJob => Code::NotFound,
+            Self::UnresolvableHost | Self::UnknownJob | Self::UnknownSpider => Code::NotFound,
             Self::DuplicateJob => Code::AlreadyExists,
-            Self::Unavailable => Code::Unavailable,
-            Self::StaleLease | Self::ProtocolMismatch => Code::FailedPrecondition,
+            Self::Unavailable | Self::NotLeader => Code::Unavailable,
+            Self::StaleLease | Self::ProtocolMismatch | Self::FileChanged => {
+                Code::FailedPrecondition
+            }
             Self::CrawlFailed => Code::Aborted,
             Self::Internal => Code::Internal,
         }
     }
 
-    /// A gRPC status carrying this code's name, so the far side can map it back.
+    /// Every code, for parsing and for tests.
+    pub const ALL: [Self; 23] = [
+        Self::InvalidJson,
+        Self::InvalidMessage,
+        Self::UnknownType,
+        Self::MissingField,
+        Self::InvalidField,
+        Self::InvalidUrl,
+        Self::UnsupportedScheme,
+        Self::UrlTooLong,
+        Self::InvalidDepth,
+        Self::MessageTooLarge,
+        Self::ForbiddenAddress,
+        Self::UnresolvableHost,
+        Self::DuplicateJob,
+        Self::UnknownJob,
+        Self::Unavailable,
+        Self::CrawlFailed,
+        Self::StaleLease,
+        Self::ProtocolMismatch,
+        Self::PathEscapesRoot,
+        Self::UnknownSpider,
+        Self::FileChanged,
+        Self::NotLeader,
+        Self::Internal,
+    ];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|code| code.as_str() == name)
+    }
+
+    /// A gRPC status with this code's gRPC equivalent, and the code itself
+    /// in the `crawler-error-code` metadata entry, so the far side reads it
+    /// back with [`ErrorCode::of`] instead of parsing the message.
     pub fn status(self, message: impl Into<String>) -> tonic::Status {
-        tonic::Status::new(
-            self.grpc_code(),
-            format!("{}: {}", self.as_str(), message.into()),
-        )
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert(
+            STATUS_METADATA_KEY,
+            tonic::metadata::MetadataValue::from_static(self.as_str()),
+        );
+        tonic::Status::with_metadata(self.grpc_code(), message, metadata)
+    }
+
+    /// The code a status was made with by [`ErrorCode::status`], if any.
+    pub fn of(status: &tonic::Status) -> Option<Self> {
+        status
+            .metadata()
+            .get(STATUS_METADATA_KEY)
+            .and_then(|value| value.to_str().ok())
+            .and_then(Self::parse)
     }
 }
+
+/// The gRPC metadata entry that carries an [`ErrorCode`] (trailers-only
+/// responses carry metadata as trailers; tonic reads both the same way).
+pub const STATUS_METADATA_KEY: &str = "crawler-error-code";
 
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -130,16 +189,19 @@ mod tests {
     }
 
     #[test]
-    fn stale_lease_is_failed_precondition() {
-        assert_eq!(
-            ErrorCode::StaleLease.grpc_code(),
-            tonic::Code::FailedPrecondition
-        );
-        assert!(
-            ErrorCode::StaleLease
-                .status("x")
-                .message()
-                .starts_with("stale_lease")
-        );
+    fn stale_lease_is_failed_precondition_and_travels_beside_the_message() {
+        let status = ErrorCode::StaleLease.status("token 3 is stale");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(status.message(), "token 3 is stale");
+        assert_eq!(ErrorCode::of(&status), Some(ErrorCode::StaleLease));
+        assert_eq!(ErrorCode::of(&tonic::Status::unavailable("x")), None);
+    }
+
+    #[test]
+    fn every_code_parses_back_from_its_name() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::parse("nope"), None);
     }
 }

@@ -29,6 +29,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crawler_core::ErrorCode;
 use crawler_core::retry::{RetryPolicy, Transient};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
@@ -105,17 +106,13 @@ impl Transient for SyncError {
 
 impl SyncError {
     fn from_status(status: tonic::Status, spider: &str) -> Self {
-        match status.code() {
-            tonic::Code::NotFound if status.message().starts_with("spider ") => {
-                Self::SpiderNotFound(spider.to_owned())
-            }
-            tonic::Code::FailedPrecondition if status.message().starts_with("file_changed") => {
-                Self::RemoteChanged {
-                    path: status.message().to_owned(),
-                }
-            }
-            code => Self::Server {
-                code,
+        match ErrorCode::of(&status) {
+            Some(ErrorCode::UnknownSpider) => Self::SpiderNotFound(spider.to_owned()),
+            Some(ErrorCode::FileChanged) => Self::RemoteChanged {
+                path: status.message().to_owned(),
+            },
+            _ => Self::Server {
+                code: status.code(),
                 message: status.message().to_owned(),
             },
         }

@@ -199,7 +199,9 @@ fn scan_status(e: ScanError) -> Status {
         ScanError::InvalidName(name) => ErrorCode::InvalidField.status(format!(
             "invalid spider name {name:?}: only letters, digits, '-' and '_' are allowed"
         )),
-        ScanError::NotFound(name) => Status::not_found(format!("spider {name:?} does not exist")),
+        ScanError::NotFound(name) => {
+            ErrorCode::UnknownSpider.status(format!("spider {name:?} does not exist"))
+        }
         ScanError::Walk(WalkError::Escape(e)) => ErrorCode::PathEscapesRoot.status(e.to_string()),
         ScanError::Walk(e @ WalkError::Unsupported { .. }) => {
             ErrorCode::InvalidField.status(e.to_string())
@@ -300,16 +302,13 @@ impl FileSync for Service {
             // The client listed this file in an earlier version: it is the
             // version that changed, not the client that is wrong.
             Err(s) if s.code() == tonic::Code::NotFound && !req.expected_hash.is_empty() => {
-                return Err(Status::failed_precondition(format!(
-                    "file_changed: {}",
-                    s.message()
-                )));
+                return Err(ErrorCode::FileChanged.status(s.message()));
             }
             other => other?,
         };
         if !req.expected_hash.is_empty() && req.expected_hash != entry.hash {
-            return Err(Status::failed_precondition(format!(
-                "file_changed: {} now has hash {}, not {}",
+            return Err(ErrorCode::FileChanged.status(format!(
+                "{} now has hash {}, not {}",
                 req.path, entry.hash, req.expected_hash
             )));
         }

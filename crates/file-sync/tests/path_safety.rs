@@ -3,6 +3,7 @@
 
 mod common;
 
+use crawler_core::ErrorCode;
 use std::pin::Pin;
 
 use common::{InProcess, write_file, write_spider_v1};
@@ -62,8 +63,9 @@ async fn the_server_refuses_paths_that_escape() {
     ] {
         let status = download_status(&mut c, "quotes", path).await;
         assert_eq!(status.code(), Code::InvalidArgument, "{path:?}: {status:?}");
-        assert!(
-            status.message().starts_with("path_escapes_root"),
+        assert_eq!(
+            ErrorCode::of(&status),
+            Some(ErrorCode::PathEscapesRoot),
             "{path:?}: {status:?}"
         );
     }
@@ -92,7 +94,10 @@ async fn the_server_refuses_paths_that_escape() {
             path: "../".into(),
         })
         .await;
-    assert!(scan.unwrap_err().message().starts_with("path_escapes_root"));
+    assert_eq!(
+        ErrorCode::of(&scan.unwrap_err()),
+        Some(ErrorCode::PathEscapesRoot)
+    );
 }
 
 #[tokio::test]
@@ -118,8 +123,9 @@ async fn links_out_of_the_root_are_refused_by_the_server() {
         ("leaky", "crawlab_project/secret.txt"),
     ] {
         let status = download_status(&mut c, spider, path).await;
-        assert!(
-            status.message().starts_with("path_escapes_root"),
+        assert_eq!(
+            ErrorCode::of(&status),
+            Some(ErrorCode::PathEscapesRoot),
             "{spider}/{path}: {status:?}"
         );
     }
@@ -176,8 +182,9 @@ async fn an_upload_that_escapes_is_refused_and_publishes_nothing() {
             .upload(futures::stream::iter(upload))
             .await
             .expect_err(bad);
-        assert!(
-            status.message().starts_with("path_escapes_root"),
+        assert_eq!(
+            ErrorCode::of(&status),
+            Some(ErrorCode::PathEscapesRoot),
             "{bad:?}: {status:?}"
         );
     }
