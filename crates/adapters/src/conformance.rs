@@ -1,6 +1,6 @@
 //! One conformance suite per port, run against every implementation: the
 //! RabbitMQ and in-process queues, the Redis and in-process caches, the
-//! Postgres and SQLite stores. Passing the same suite is what makes the
+//! Postgres and SQLite stores and their leader elections. Passing the same suite is what makes the
 //! embedded default a faithful stand-in for the cluster engines.
 //!
 //! Each suite is a set of plain async functions taking the port, plus a
@@ -17,6 +17,7 @@
 //! `rt-multi-thread`) among its dev-dependencies.
 
 pub mod cache;
+pub mod election;
 pub mod queue;
 pub mod store;
 

@@ -7,7 +7,6 @@
 //! them as interchangeable.
 
 pub mod conformance;
-mod job_row;
 mod memory_cache;
 mod memory_queue;
 mod postgres_store;
@@ -15,6 +14,7 @@ mod queue_settings;
 mod rabbit;
 mod redact;
 mod redis_cache;
+mod sql_store;
 mod sqlite_store;
 
 use std::sync::Arc;
@@ -27,6 +27,7 @@ pub use postgres_store::PgStore;
 pub use queue_settings::QueueSettings;
 pub use rabbit::{RabbitQueue, RabbitSettings};
 pub use redis_cache::RedisCache;
+pub use sql_store::{Dialect, SqlStore};
 pub use sqlite_store::SqliteStore;
 
 /// Where the cluster engines live. `namespace` prefixes every queue, exchange
@@ -68,10 +69,12 @@ pub async fn cluster_engines(cfg: &ClusterEngineConfig) -> AdapterResult<Engines
         RedisCache::connect(&cfg.redis_url, &cfg.namespace),
         PgStore::connect(&cfg.database_url),
     )?;
+    let store = Arc::new(store);
     Ok(Engines {
         queue: Arc::new(queue),
         cache: Arc::new(cache),
-        store: Arc::new(store),
+        store: store.clone(),
+        election: store,
     })
 }
 
@@ -79,9 +82,11 @@ pub async fn cluster_engines(cfg: &ClusterEngineConfig) -> AdapterResult<Engines
 /// SQLite store. Nothing survives the process, which is the point: the
 /// embedded default needs no infrastructure.
 pub async fn embedded_engines() -> AdapterResult<Engines> {
+    let store = Arc::new(SqliteStore::in_memory().await?);
     Ok(Engines {
         queue: Arc::new(MemoryQueue::new(QueueSettings::default())),
         cache: Arc::new(MemoryCache::new(MemoryCache::DEFAULT_CAPACITY_PAGES)),
-        store: Arc::new(SqliteStore::in_memory().await?),
+        store: store.clone(),
+        election: store,
     })
 }

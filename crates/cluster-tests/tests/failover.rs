@@ -174,7 +174,7 @@ async fn a_lock_server_outage_delays_jobs_without_losing_them() {
     client.submit("J", &format!("{}/", site.base), 1).await;
     // More failed attempts than the queue's delivery limit (5): the job must
     // still not be dead-lettered, because the master holds it instead of requeueing.
-    cluster.masters[0].wait_for_log("retrying acquire", 6).await;
+    cluster.masters[0].wait_for_log("call=acquire", 6).await;
     cluster.lock = Service::start(
         "lock-server",
         "lock-server",

@@ -4,6 +4,7 @@
 
 pub mod error_code;
 pub mod events;
+pub mod lease;
 pub mod model;
 pub mod net_policy;
 pub mod ports;

@@ -129,6 +129,51 @@ impl CrawlResult {
     }
 }
 
+/// A crawl's durable progress. Its master saves each level as it completes,
+/// so a master that takes the job over continues from the last completed
+/// level instead of starting again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    /// Levels `0..levels_done` are fetched and their pages are in `pages`.
+    pub levels_done: u32,
+    /// The pages of the completed levels, ordered by depth, then URL.
+    pub pages: Vec<PageFacts>,
+    /// The URLs of level `levels_done`, found but not fetched yet.
+    pub frontier: Vec<String>,
+    /// The page cap already cut the frontier short.
+    pub truncated: bool,
+    /// The page cap in force (a spider may have lowered the job's).
+    pub max_pages: u32,
+}
+
+impl Checkpoint {
+    /// The URL lists of the completed levels, as the result reports them:
+    /// each level's pages are sorted by URL, so their URLs are the level.
+    pub fn levels(&self) -> Vec<Vec<String>> {
+        let mut levels: Vec<Vec<String>> = vec![Vec::new(); self.levels_done as usize];
+        for page in &self.pages {
+            if let Some(level) = levels.get_mut(page.depth as usize) {
+                level.push(page.url.clone());
+            }
+        }
+        levels
+    }
+}
+
+/// What a master makes durable when level `depth` completes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LevelDone {
+    pub depth: u32,
+    /// The level's pages, sorted by URL.
+    pub pages: Vec<PageFacts>,
+    /// The next level's URLs.
+    pub frontier: Vec<String>,
+    pub truncated: bool,
+    pub max_pages: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {

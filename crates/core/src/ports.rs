@@ -10,7 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::Stream;
 
-use crate::model::{CrawlResult, JobFailure, JobId, JobRecord, JobSpec};
+use crate::lease::Leadership;
+use crate::model::{Checkpoint, CrawlResult, JobFailure, JobId, JobRecord, JobSpec, LevelDone};
 
 /// Any adapter failure: the engine is unreachable, refused the request, or
 /// returned something unreadable. Callers treat it as retryable unless a
@@ -140,9 +141,26 @@ pub struct Lease {
     pub expires_at_ms: u64,
 }
 
+/// A lease granted, with the progress earlier holders made durable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    pub lease: Lease,
+    /// Set when an earlier holder completed at least one level.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// An orphan handed to a new master: a running job whose lease expired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Takeover {
+    pub spec: JobSpec,
+    pub grant: Grant,
+    /// The master whose lease expired.
+    pub previous_master: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum AcquireOutcome {
-    Granted(Lease),
+    Granted(Grant),
     /// The job already ended; here is how.
     AlreadyDone(Box<JobRecord>),
     /// Another master holds a live lease.
@@ -165,6 +183,10 @@ pub enum StoreError {
     UnknownJob(JobId),
     #[error("fencing token {presented} is stale; the current one is {current}")]
     StaleToken { presented: u64, current: u64 },
+    #[error("the job has ended; it takes no more writes")]
+    Ended,
+    #[error("level {got} cannot be saved before level {expected}")]
+    LevelOutOfOrder { expected: u32, got: u32 },
     #[error(transparent)]
     Adapter(#[from] AdapterError),
 }
@@ -220,12 +242,74 @@ pub trait JobStore: Send + Sync + 'static {
         client_id: &str,
         client_job_id: &str,
     ) -> AdapterResult<Option<JobRecord>>;
+
+    /// Hands the longest-orphaned job (a running job whose lease expired) to
+    /// `master_id` with the next token, skipping the jobs in `exclude` (the
+    /// ones the caller runs already). `None` when there is no orphan.
+    async fn claim_orphan(
+        &self,
+        master_id: &str,
+        exclude: &[JobId],
+        ttl: Duration,
+        now_ms: u64,
+    ) -> AdapterResult<Option<Takeover>>;
+    /// Ends a lease early so another master takes the job at once; refused
+    /// for a stale token.
+    async fn release(
+        &self,
+        job_id: &JobId,
+        fencing_token: u64,
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// Makes a completed level durable; refused for a stale token. Saving
+    /// the same level again is a no-op, so a retried save is harmless.
+    async fn save_level(
+        &self,
+        job_id: &JobId,
+        fencing_token: u64,
+        level: &LevelDone,
+    ) -> Result<(), StoreError>;
+
+    /// Notes that the job's message reached the queue: the outbox relay
+    /// leaves it alone from now on.
+    async fn mark_published(&self, job_id: &JobId) -> AdapterResult<()>;
+    /// The outbox: queued jobs not known to be published and waiting since
+    /// before `pending_before_ms`. Each one returned is marked as waiting
+    /// since `now_ms`, so one relay takes it and the next try comes a grace
+    /// period later if the publish fails again.
+    async fn claim_unpublished(
+        &self,
+        pending_before_ms: u64,
+        now_ms: u64,
+        limit: u32,
+    ) -> AdapterResult<Vec<JobSpec>>;
+    /// Points the job's events at another gateway (its client reconnected
+    /// there); the master reads it back when the job completes.
+    async fn reroute(&self, job_id: &JobId, gateway_key: &str) -> AdapterResult<()>;
 }
 
-/// The three ports a service may need, shared.
+/// Leader election among lock-server replicas, through the store they share.
+#[async_trait]
+pub trait Election: Send + Sync + 'static {
+    /// Leads, or renews the lead, unless another replica's leadership is
+    /// live. Returns the leadership as it stands after the call.
+    async fn try_lead(
+        &self,
+        candidate: &str,
+        address: &str,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> AdapterResult<Leadership>;
+    /// Gives the lead up at once (a graceful stop), if `candidate` holds it.
+    async fn resign(&self, candidate: &str) -> AdapterResult<()>;
+}
+
+/// The ports a service may need, shared.
 #[derive(Clone)]
 pub struct Engines {
     pub queue: Arc<dyn JobQueue>,
     pub cache: Arc<dyn ResultCache>,
     pub store: Arc<dyn JobStore>,
+    /// The lock-server replicas' election, on the same database as `store`.
+    pub election: Arc<dyn Election>,
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use ipnet::IpNet;
-use lock_server::LockServer;
+use lock_server::{LockServer, ReplicaSettings};
 use master::{Master, MasterConfig};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +46,13 @@ impl EmbeddedCluster {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
 
-        let lock = LockServer::build(loopback, engines.store.clone()).await?;
+        let lock = LockServer::build(
+            loopback,
+            engines.store.clone(),
+            engines.election.clone(),
+            ReplicaSettings::single(),
+        )
+        .await?;
         let lock_url = format!("http://{}", lock.local_addr());
         tasks.spawn(lock.run_until_stopped(shutdown.clone()));
 

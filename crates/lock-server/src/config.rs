@@ -2,8 +2,11 @@
 //! `LOCK_SERVER__*` environment variables, then flags.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
+
+use crate::ReplicaSettings;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -22,7 +25,30 @@ pub struct LockServerConfig {
         default_value = "postgres://postgres@127.0.0.1:5432/crawler"
     )]
     pub database_url: String,
+    /// This replica's name in the leadership row and the logs; random when not set.
+    #[arg(long, env = "LOCK_SERVER__ID")]
+    pub id: Option<String>,
+    /// Where masters reach this replica, as followers name it to them;
+    /// defaults to http://<listen address>. Set it when listening on 0.0.0.0.
+    #[arg(long, env = "LOCK_SERVER__ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// How long a leadership lasts without renewal (renewed every third).
+    /// A new leader answers within this plus a third of it after the old one dies.
+    #[arg(long, env = "LOCK_SERVER__LEADER_TTL_MS", default_value_t = 3_000)]
+    pub leader_ttl_ms: u64,
     /// Log format: text or json.
     #[arg(long, env = "LOCK_SERVER__LOG_FORMAT", default_value = "text")]
     pub log_format: crawler_core::telemetry::LogFormat,
+}
+
+impl LockServerConfig {
+    pub fn replica(&self) -> ReplicaSettings {
+        let mut replica = ReplicaSettings::single();
+        if let Some(id) = &self.id {
+            replica.id = id.clone();
+        }
+        replica.advertise_url = self.advertise_url.clone();
+        replica.leader_ttl = Duration::from_millis(self.leader_ttl_ms);
+        replica
+    }
 }

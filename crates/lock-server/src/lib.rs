@@ -1,34 +1,62 @@
 //! The lock server: the authority on which master runs which job. It
-//! persists every job before a master may ack its queue message, and grants
-//! leases whose fencing tokens let the store refuse a master that lost its lease.
+//! persists every job before a master may ack its queue message, grants
+//! leases whose fencing tokens let the store refuse a master that lost its
+//! lease, hands the jobs of silent masters to live ones, and keeps the
+//! levels they completed so the new master continues from there.
+//!
+//! Several replicas may share one database; [`leader`] explains how one of
+//! them answers while the others point masters to it.
 
 pub mod config;
+pub mod leader;
 mod service;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crawler_core::ports::JobStore;
+use crawler_core::ports::{Election, JobStore};
 use crawler_proto::v1::lock_service_server::LockServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use config::LockServerConfig;
+use leader::Leader;
+pub use leader::ReplicaSettings;
 use service::LockGrpc;
 
 pub struct LockServer {
     listener: TcpListener,
     store: Arc<dyn JobStore>,
+    leader: Arc<Leader>,
 }
 
 impl LockServer {
-    /// Binds first, so port 0 works and the address is known before serving.
-    pub async fn build(listen: SocketAddr, store: Arc<dyn JobStore>) -> anyhow::Result<Self> {
+    /// Binds first, so port 0 works and the address is known before
+    /// serving, then campaigns once: a sole replica leads from its first call.
+    pub async fn build(
+        listen: SocketAddr,
+        store: Arc<dyn JobStore>,
+        election: Arc<dyn Election>,
+        replica: ReplicaSettings,
+    ) -> anyhow::Result<Self> {
+        crawler_core::lease::checked_ttl(replica.leader_ttl)
+            .map_err(|e| anyhow::anyhow!("--leader-ttl-ms: {e}"))?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-        Ok(Self { listener, store })
+        let bound = listener.local_addr()?;
+        let address = replica
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"));
+        let leader = Arc::new(Leader::new(&replica, address, election));
+        leader.campaign().await;
+        Ok(Self {
+            listener,
+            store,
+            leader,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -43,19 +71,28 @@ impl LockServer {
         health_reporter
             .set_serving::<LockServiceServer<LockGrpc>>()
             .await;
-        tracing::info!(%addr, "lock server listening");
-        tonic::transport::Server::builder()
+        // The campaign outlives the gRPC server by its resignation only.
+        let campaign_stop = CancellationToken::new();
+        let campaign = tokio::spawn(self.leader.clone().run(campaign_stop.clone()));
+        tracing::info!(%addr, advertised = %self.leader.address(), leading = self.leader.is_leading(), "lock server listening");
+        let served = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(
-                LockServiceServer::new(LockGrpc { store: self.store })
-                    .max_decoding_message_size(256 * 1024 * 1024)
-                    .max_encoding_message_size(256 * 1024 * 1024),
+                LockServiceServer::new(LockGrpc {
+                    store: self.store,
+                    leader: self.leader.clone(),
+                })
+                .max_decoding_message_size(256 * 1024 * 1024)
+                .max_encoding_message_size(256 * 1024 * 1024),
             )
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.listener),
                 shutdown.cancelled_owned(),
             )
-            .await?;
+            .await;
+        campaign_stop.cancel();
+        let _ = campaign.await;
+        served?;
         tracing::info!("lock server stopped");
         Ok(())
     }

@@ -8,10 +8,12 @@ use lock_server::{LockServer, LockServerConfig};
 async fn main() -> anyhow::Result<()> {
     let config = LockServerConfig::parse();
     crawler_core::telemetry::init_tracing("lock-server", "info", config.log_format);
-    let store = crawler_adapters::PgStore::connect(&config.database_url)
-        .await
-        .context("connecting the job store")?;
-    let server = LockServer::build(config.listen, Arc::new(store)).await?;
+    let store = Arc::new(
+        crawler_adapters::PgStore::connect(&config.database_url)
+            .await
+            .context("connecting the job store")?,
+    );
+    let server = LockServer::build(config.listen, store.clone(), store, config.replica()).await?;
     server
         .run_until_stopped(crawler_core::shutdown::on_signal())
         .await

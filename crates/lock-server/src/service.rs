@@ -1,28 +1,25 @@
-//! The LockService over a job store.
+//! The LockService over a job store, answered only by the leading replica.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crawler_core::lease::checked_ttl;
 use crawler_core::model::{JobId, JobSpec};
-use crawler_core::ports::{AcquireOutcome, JobOutcome, JobStore, StoreError};
+use crawler_core::ports::{AcquireOutcome, Grant, JobOutcome, JobStore, StoreError};
 use crawler_core::{ErrorCode, now_ms};
 use crawler_proto::v1::{self, acquire_response, lock_service_server::LockService};
 use tonic::{Request, Response, Status};
 
-/// Leases shorter than this would expire between two heartbeats.
-const MIN_TTL_MS: u32 = 300;
-const MAX_TTL_MS: u32 = 10 * 60 * 1000;
+use crate::leader::Leader;
 
 pub struct LockGrpc {
     pub store: Arc<dyn JobStore>,
+    pub leader: Arc<Leader>,
 }
 
 fn ttl(ttl_ms: u32) -> Result<Duration, Status> {
-    if !(MIN_TTL_MS..=MAX_TTL_MS).contains(&ttl_ms) {
-        return Err(ErrorCode::InvalidField
-            .status(format!("ttl_ms must be from {MIN_TTL_MS} to {MAX_TTL_MS}")));
-    }
-    Ok(Duration::from_millis(u64::from(ttl_ms)))
+    checked_ttl(Duration::from_millis(u64::from(ttl_ms)))
+        .map_err(|e| ErrorCode::InvalidField.status(format!("ttl_ms: {e}")))
 }
 
 fn store_status(e: StoreError) -> Status {
@@ -30,8 +27,31 @@ fn store_status(e: StoreError) -> Status {
         StoreError::UnknownJob(id) => {
             ErrorCode::UnknownJob.status(format!("job {id} is not in the store"))
         }
-        e @ StoreError::StaleToken { .. } => ErrorCode::StaleLease.status(e.to_string()),
+        e @ (StoreError::StaleToken { .. } | StoreError::Ended) => {
+            ErrorCode::StaleLease.status(e.to_string())
+        }
+        e @ StoreError::LevelOutOfOrder { .. } => ErrorCode::InvalidField.status(e.to_string()),
         StoreError::Adapter(e) => ErrorCode::Unavailable.status(e.to_string()),
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    ErrorCode::Unavailable.status(e.to_string())
+}
+
+fn required(value: &str, what: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(ErrorCode::MissingField.status(format!("{what} is required")));
+    }
+    Ok(())
+}
+
+fn lease(grant: Grant, ttl_ms: u32) -> v1::Lease {
+    v1::Lease {
+        job_id: grant.lease.job_id.0,
+        fencing_token: grant.lease.fencing_token,
+        ttl_ms,
+        checkpoint: grant.checkpoint.as_ref().map(Into::into),
     }
 }
 
@@ -41,6 +61,7 @@ impl LockService for LockGrpc {
         &self,
         request: Request<v1::AcquireRequest>,
     ) -> Result<Response<v1::AcquireResponse>, Status> {
+        self.leader.check()?;
         let request = request.into_inner();
         let spec: JobSpec = request
             .job
@@ -55,15 +76,17 @@ impl LockService for LockGrpc {
             .store
             .acquire(&spec, &request.master_id, ttl, now)
             .await
-            .map_err(|e| ErrorCode::Unavailable.status(e.to_string()))?;
+            .map_err(unavailable)?;
         let outcome = match outcome {
-            AcquireOutcome::Granted(lease) => {
-                tracing::info!(job_id = %spec.job_id, master = %request.master_id, token = lease.fencing_token, "lease granted");
-                acquire_response::Outcome::Granted(v1::Lease {
-                    job_id: lease.job_id.0,
-                    fencing_token: lease.fencing_token,
-                    ttl_ms: request.ttl_ms,
-                })
+            AcquireOutcome::Granted(grant) => {
+                tracing::info!(
+                    job_id = %spec.job_id,
+                    master = %request.master_id,
+                    token = grant.lease.fencing_token,
+                    levels_done = grant.checkpoint.as_ref().map_or(0, |c| c.levels_done),
+                    "lease granted"
+                );
+                acquire_response::Outcome::Granted(lease(grant, request.ttl_ms))
             }
             AcquireOutcome::AlreadyDone(record) => {
                 acquire_response::Outcome::Done(v1::AlreadyDone {
@@ -83,10 +106,43 @@ impl LockService for LockGrpc {
         }))
     }
 
+    async fn claim_orphan(
+        &self,
+        request: Request<v1::ClaimOrphanRequest>,
+    ) -> Result<Response<v1::ClaimOrphanResponse>, Status> {
+        self.leader.check()?;
+        let r = request.into_inner();
+        required(&r.master_id, "master_id")?;
+        let ttl = ttl(r.ttl_ms)?;
+        let running: Vec<JobId> = r.running_job_ids.into_iter().map(JobId).collect();
+        let takeover = self
+            .store
+            .claim_orphan(&r.master_id, &running, ttl, now_ms())
+            .await
+            .map_err(unavailable)?;
+        let orphan = takeover.map(|t| {
+            tracing::info!(
+                job_id = %t.spec.job_id,
+                master = %r.master_id,
+                previous_master = t.previous_master.as_deref().unwrap_or(""),
+                token = t.grant.lease.fencing_token,
+                levels_done = t.grant.checkpoint.as_ref().map_or(0, |c| c.levels_done),
+                "job taken over"
+            );
+            v1::Orphan {
+                job: Some((&t.spec).into()),
+                previous_master: t.previous_master.unwrap_or_default(),
+                lease: Some(lease(t.grant, r.ttl_ms)),
+            }
+        });
+        Ok(Response::new(v1::ClaimOrphanResponse { orphan }))
+    }
+
     async fn heartbeat(
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        self.leader.check()?;
         let r = request.into_inner();
         let ttl = ttl(r.ttl_ms)?;
         self.store
@@ -103,10 +159,42 @@ impl LockService for LockGrpc {
         Ok(Response::new(v1::HeartbeatResponse { ttl_ms: r.ttl_ms }))
     }
 
+    async fn save_level(
+        &self,
+        request: Request<v1::SaveLevelRequest>,
+    ) -> Result<Response<v1::SaveLevelResponse>, Status> {
+        self.leader.check()?;
+        let (job_id, token, level) = request.into_inner().into_level();
+        required(&job_id.0, "job_id")?;
+        self.store
+            .save_level(&job_id, token, &level)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(%job_id, token, depth = level.depth, pages = level.pages.len(), "level saved");
+        Ok(Response::new(v1::SaveLevelResponse {}))
+    }
+
+    async fn release(
+        &self,
+        request: Request<v1::ReleaseRequest>,
+    ) -> Result<Response<v1::ReleaseResponse>, Status> {
+        self.leader.check()?;
+        let r = request.into_inner();
+        required(&r.job_id, "job_id")?;
+        let job_id = JobId(r.job_id);
+        self.store
+            .release(&job_id, r.fencing_token, now_ms())
+            .await
+            .map_err(store_status)?;
+        tracing::info!(%job_id, token = r.fencing_token, "lease released for handover");
+        Ok(Response::new(v1::ReleaseResponse {}))
+    }
+
     async fn complete(
         &self,
         request: Request<v1::CompleteRequest>,
-    ) -> Result<Response<v1::CompleteResponse>, Status> {
+    ) -> Result<Response<v1::JobRecord>, Status> {
+        self.leader.check()?;
         let r = request.into_inner();
         let outcome = match r.outcome {
             Some(v1::complete_request::Outcome::Result(result)) => JobOutcome::Done(result.into()),
@@ -118,25 +206,27 @@ impl LockService for LockGrpc {
             }
         };
         let job_id = JobId(r.job_id);
-        self.store
+        let record = self
+            .store
             .complete(&job_id, r.fencing_token, &outcome, now_ms())
             .await
             .map_err(store_status)?;
         tracing::info!(%job_id, token = r.fencing_token, "job completed");
-        Ok(Response::new(v1::CompleteResponse {}))
+        Ok(Response::new((&record).into()))
     }
 
     async fn get_job(
         &self,
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::JobRecord>, Status> {
+        self.leader.check()?;
         let job_id = JobId(request.into_inner().job_id);
         match self.store.get(&job_id).await {
             Ok(Some(record)) => Ok(Response::new((&record).into())),
             Ok(None) => {
                 Err(ErrorCode::UnknownJob.status(format!("job {job_id} is not in the store")))
             }
-            Err(e) => Err(ErrorCode::Unavailable.status(e.to_string())),
+            Err(e) => Err(unavailable(e)),
         }
     }
 }

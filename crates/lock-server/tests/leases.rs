@@ -1,5 +1,6 @@
 //! The lock service over gRPC, in process on port 0, on the SQLite store:
-//! grants, fencing, stale-token refusal and idempotent completion.
+//! grants, fencing, stale-token refusal, takeover of orphans with their
+//! checkpoints, and replicas that follow one leader.
 
 use crawler_core::ErrorCode;
 use std::sync::Arc;
@@ -7,19 +8,44 @@ use std::time::Duration;
 
 use crawler_core::model::{CrawlOptions, CrawlResult, JobId, JobSpec};
 use crawler_proto::v1::{self, acquire_response::Outcome, lock_service_client::LockServiceClient};
-use lock_server::LockServer;
+use lock_server::{LockServer, ReplicaSettings};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 async fn start() -> (LockServiceClient<Channel>, CancellationToken) {
-    let store = crawler_adapters::SqliteStore::in_memory().await.unwrap();
-    let server = LockServer::build("127.0.0.1:0".parse().unwrap(), Arc::new(store))
-        .await
-        .unwrap();
+    let store = Arc::new(crawler_adapters::SqliteStore::in_memory().await.unwrap());
+    let (client, stop, _) = replica(&store, ReplicaSettings::single()).await;
+    (client, stop)
+}
+
+/// A lock-server replica on `store`, serving until the token is cancelled.
+async fn replica(
+    store: &Arc<crawler_adapters::SqliteStore>,
+    settings: ReplicaSettings,
+) -> (LockServiceClient<Channel>, CancellationToken, String) {
+    let server = LockServer::build(
+        "127.0.0.1:0".parse().unwrap(),
+        store.clone(),
+        store.clone(),
+        settings,
+    )
+    .await
+    .unwrap();
     let url = format!("http://{}", server.local_addr());
     let stop = CancellationToken::new();
     tokio::spawn(server.run_until_stopped(stop.clone()));
-    (LockServiceClient::connect(url).await.unwrap(), stop)
+    (
+        LockServiceClient::connect(url.clone()).await.unwrap(),
+        stop,
+        url,
+    )
+}
+
+fn granted(outcome: Option<Outcome>) -> v1::Lease {
+    match outcome {
+        Some(Outcome::Granted(lease)) => lease,
+        other => panic!("expected a grant, got {other:?}"),
+    }
 }
 
 fn spec() -> JobSpec {
@@ -127,17 +153,17 @@ async fn a_master_that_lost_its_lease_can_neither_heartbeat_nor_complete() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
 
-    lock.complete(complete(&job, lease2.fencing_token))
-        .await
-        .unwrap();
     let record = lock
-        .get_job(v1::GetJobRequest {
-            job_id: job.job_id.0.clone(),
-        })
+        .complete(complete(&job, lease2.fencing_token))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(record.state, v1::JobState::Done as i32);
+    assert_eq!(
+        record.state,
+        v1::JobState::Done as i32,
+        "complete returns the stored record"
+    );
+    assert_eq!(record.result.unwrap().levels.len(), 1);
     let again = lock
         .acquire(acquire(&job, "m3", 5_000))
         .await
@@ -172,4 +198,142 @@ async fn malformed_requests_are_refused_with_clear_codes() {
     assert_eq!(e.code(), tonic::Code::NotFound);
     let e = lock.complete(complete(&spec(), 1)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_released_job_is_taken_over_with_its_saved_levels() {
+    let (mut lock, _stop) = start().await;
+    let job = spec();
+    let lease = granted(
+        lock.acquire(acquire(&job, "m1", 60_000))
+            .await
+            .unwrap()
+            .into_inner()
+            .outcome,
+    );
+    assert_eq!(lease.checkpoint, None);
+    let level = crawler_core::model::LevelDone {
+        depth: 0,
+        pages: vec![crawler_core::model::PageFacts {
+            url: job.url.clone(),
+            status: Some(200),
+            ..Default::default()
+        }],
+        frontier: vec!["http://a.test/next".into()],
+        truncated: false,
+        max_pages: 10,
+    };
+    lock.save_level(v1::SaveLevelRequest::new(
+        &job.job_id,
+        lease.fencing_token,
+        &level,
+    ))
+    .await
+    .unwrap();
+    let claim = |running: Vec<String>| v1::ClaimOrphanRequest {
+        master_id: "m2".into(),
+        ttl_ms: 60_000,
+        running_job_ids: running,
+    };
+    let none = lock.claim_orphan(claim(vec![])).await.unwrap().into_inner();
+    assert_eq!(none.orphan, None, "its lease is live for a minute");
+
+    lock.release(v1::ReleaseRequest {
+        job_id: job.job_id.0.clone(),
+        fencing_token: lease.fencing_token,
+    })
+    .await
+    .unwrap();
+    let skipped = lock
+        .claim_orphan(claim(vec![job.job_id.0.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        skipped.orphan, None,
+        "a master is never handed a job it runs"
+    );
+    let orphan = lock
+        .claim_orphan(claim(vec![]))
+        .await
+        .unwrap()
+        .into_inner()
+        .orphan
+        .expect("released at once");
+    assert_eq!(orphan.previous_master, "m1");
+    assert_eq!(orphan.job.unwrap().job_id, job.job_id.0);
+    let new_lease = orphan.lease.unwrap();
+    assert_eq!(new_lease.fencing_token, lease.fencing_token + 1);
+    let checkpoint: crawler_core::model::Checkpoint = new_lease.checkpoint.unwrap().into();
+    assert_eq!(checkpoint.levels_done, 1);
+    assert_eq!(checkpoint.pages, level.pages);
+    assert_eq!(checkpoint.frontier, level.frontier);
+
+    let stale = lock
+        .save_level(v1::SaveLevelRequest::new(
+            &job.job_id,
+            lease.fencing_token,
+            &level,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorCode::of(&stale), Some(ErrorCode::StaleLease));
+}
+
+#[tokio::test]
+async fn a_follower_names_the_leader_and_takes_over_when_it_stops() {
+    let store = Arc::new(crawler_adapters::SqliteStore::in_memory().await.unwrap());
+    let settings = |id: &str| ReplicaSettings {
+        id: id.into(),
+        advertise_url: None,
+        leader_ttl: Duration::from_millis(600),
+    };
+    let (mut leader, stop_leader, leader_url) = replica(&store, settings("a")).await;
+    let (mut follower, _stop_follower, _) = replica(&store, settings("b")).await;
+
+    let job = spec();
+    let first = granted(
+        leader
+            .acquire(acquire(&job, "m1", 300))
+            .await
+            .unwrap()
+            .into_inner()
+            .outcome,
+    );
+    let refused = follower
+        .acquire(acquire(&job, "m1", 300))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert_eq!(ErrorCode::of(&refused), Some(ErrorCode::NotLeader));
+    assert_eq!(
+        refused
+            .metadata()
+            .get(crawler_proto::LEADER_METADATA_KEY)
+            .and_then(|v| v.to_str().ok()),
+        Some(leader_url.as_str())
+    );
+
+    // A graceful stop resigns: the follower leads by its next campaign.
+    stop_leader.cancel();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let second = loop {
+        match follower.acquire(acquire(&job, "m2", 300)).await {
+            Ok(response) => match response.into_inner().outcome {
+                Some(Outcome::Granted(lease)) => break lease,
+                Some(Outcome::Held(_)) => {}
+                other => panic!("{other:?}"),
+            },
+            Err(e) => assert_eq!(ErrorCode::of(&e), Some(ErrorCode::NotLeader), "{e}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the follower never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        second.fencing_token > first.fencing_token,
+        "tokens keep rising across leaders"
+    );
 }

@@ -16,13 +16,14 @@ pub struct MasterConfig {
     /// Address workers connect to (gRPC).
     #[arg(long, env = "MASTER__LISTEN", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
-    /// Lock server address.
+    /// Lock server replicas, comma-separated; calls follow the leader among them.
     #[arg(
         long,
         env = "MASTER__LOCK_SERVER",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "http://127.0.0.1:50051",
+        value_delimiter = ','
     )]
-    pub lock_server: String,
+    pub lock_server: Vec<String>,
     /// RabbitMQ URL.
     #[arg(
         long,
@@ -50,9 +51,13 @@ pub struct MasterConfig {
     /// URLs per batch sent to a worker.
     #[arg(long, env = "MASTER__BATCH_SIZE", default_value_t = 8)]
     pub batch_size: usize,
-    /// Lease length in milliseconds; heartbeats renew it three times per lease.
-    #[arg(long, env = "MASTER__LEASE_TTL_MS", default_value_t = 15_000)]
+    /// Lease length in milliseconds; heartbeats renew it three times per
+    /// lease. A dead master's job is taken over within this plus the orphan poll.
+    #[arg(long, env = "MASTER__LEASE_TTL_MS", default_value_t = 3_000)]
     pub lease_ttl_ms: u32,
+    /// How often a master with a free job slot asks for an orphaned job, in milliseconds.
+    #[arg(long, env = "MASTER__ORPHAN_POLL_MS", default_value_t = 500)]
+    pub orphan_poll_ms: u64,
     /// How long finished crawls stay in the cache, in seconds.
     #[arg(long, env = "MASTER__CACHE_TTL_SECS", default_value_t = 3600)]
     pub cache_ttl_secs: u64,
@@ -66,23 +71,35 @@ impl MasterConfig {
     pub fn local(listen: SocketAddr, lock_server: String) -> Self {
         let mut cfg = Self::parse_from(["master"]);
         cfg.listen = listen;
-        cfg.lock_server = lock_server;
+        cfg.lock_server = vec![lock_server];
         cfg
     }
 
+    /// Refuses at start what the lock server would refuse on every call.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.max_jobs >= 1, "--max-jobs must be at least 1");
         anyhow::ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
+        crawler_core::lease::checked_ttl(self.lease_ttl())
+            .map_err(|e| anyhow::anyhow!("--lease-ttl-ms: {e}"))?;
         anyhow::ensure!(
-            self.lease_ttl_ms >= 300,
-            "--lease-ttl-ms must be at least 300"
+            self.orphan_poll_ms >= 10,
+            "--orphan-poll-ms must be at least 10"
         );
         anyhow::ensure!(
-            self.lock_server.starts_with("http://") || self.lock_server.starts_with("https://"),
-            "--lock-server `{}` must start with http:// or https://",
-            self.lock_server
+            !self.lock_server.is_empty(),
+            "--lock-server needs at least one address"
         );
+        for url in &self.lock_server {
+            anyhow::ensure!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "--lock-server `{url}` must start with http:// or https://"
+            );
+        }
         Ok(())
+    }
+
+    pub fn orphan_poll(&self) -> Duration {
+        Duration::from_millis(self.orphan_poll_ms)
     }
 
     pub fn lease_ttl(&self) -> Duration {

@@ -4,12 +4,17 @@
 //! i that no earlier level holds, sorted so the result does not depend on
 //! which worker answered first. Depth N fetches levels 0..=N and follows
 //! links from levels 0..N-1. The page cap cuts the last level short.
+//!
+//! Each completed level that another level follows is handed to
+//! `on_level` to be made durable, and a crawl may start from such a
+//! checkpoint: it then fetches only the levels after it, with the same seen
+//! set, so its result is the one an undisturbed crawl would have given.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crawler_core::model::{CrawlResult, JobSpec, PageFacts};
+use crawler_core::model::{Checkpoint, CrawlResult, JobSpec, LevelDone, PageFacts};
 use crawler_core::urls::Scope;
 use crawler_proto::v1;
 use tokio::sync::mpsc;
@@ -43,60 +48,114 @@ pub struct Crawl<'a> {
     pub progress: &'a Progress,
     /// Called after every batch with the pages fetched so far.
     pub on_progress: &'a (dyn Fn() + Send + Sync),
+    /// Called with each completed level that another level follows.
+    pub on_level: &'a (dyn Fn(LevelDone) + Send + Sync),
     pub cancel: &'a CancellationToken,
 }
 
+/// Where a crawl stands between two levels.
+struct State {
+    seen: HashSet<String>,
+    levels: Vec<Vec<String>>,
+    pages: Vec<PageFacts>,
+    truncated: bool,
+    max_pages: usize,
+}
+
+impl State {
+    fn fresh(start: &Url, max_pages: u32) -> Self {
+        Self {
+            seen: HashSet::from([start.to_string()]),
+            levels: vec![vec![start.to_string()]],
+            pages: Vec::new(),
+            truncated: false,
+            max_pages: max_pages.max(1) as usize,
+        }
+    }
+
+    /// The state an earlier holder left: its levels, then its frontier as
+    /// the next level; every URL of them seen, redirect targets included.
+    fn resumed(checkpoint: Checkpoint) -> Self {
+        let mut levels = checkpoint.levels();
+        levels.push(checkpoint.frontier);
+        let mut seen: HashSet<String> = levels.iter().flatten().cloned().collect();
+        seen.extend(checkpoint.pages.iter().filter_map(|p| p.final_url.clone()));
+        Self {
+            seen,
+            levels,
+            pages: checkpoint.pages,
+            truncated: checkpoint.truncated,
+            max_pages: checkpoint.max_pages.max(1) as usize,
+        }
+    }
+}
+
 impl Crawl<'_> {
-    pub async fn run(&self) -> Result<CrawlResult, CrawlError> {
+    /// Crawls from the start URL, or from `checkpoint` when one is given.
+    pub async fn run(&self, checkpoint: Option<Checkpoint>) -> Result<CrawlResult, CrawlError> {
         let spec = self.spec;
         let start = Url::parse(&spec.url).map_err(|_| CrawlError::BadStartUrl(spec.url.clone()))?;
         let scope = Scope::new(&start, &spec.options);
-        let mut max_pages = spec.options.max_pages.max(1) as usize;
         let options = v1::CrawlOptions::from(&spec.options);
+        let mut state = match checkpoint {
+            Some(checkpoint) => State::resumed(checkpoint),
+            None => State::fresh(&start, spec.options.max_pages),
+        };
+        let first = state.levels.len() as u32 - 1;
+        self.progress
+            .pages_done
+            .store(state.pages.len() as u32, Ordering::Relaxed);
 
-        let mut seen: HashSet<String> = HashSet::from([start.to_string()]);
-        let mut levels: Vec<Vec<String>> = vec![vec![start.to_string()]];
-        let mut pages: Vec<PageFacts> = Vec::new();
-        let mut truncated = false;
-
-        for depth in 0..=spec.depth {
+        for depth in first..=spec.depth {
             self.progress.current_depth.store(depth, Ordering::Relaxed);
-            let frontier = levels[depth as usize].clone();
+            let frontier = state.levels[depth as usize].clone();
             let (mut fetched, spider_cap) = self.fetch_level(depth, frontier, &options).await?;
             if let Some(cap) = spider_cap {
-                max_pages = max_pages.min(cap.max(1) as usize);
+                state.max_pages = state.max_pages.min(cap.max(1) as usize);
             }
             fetched.sort_by(|a, b| a.url.cmp(&b.url));
             // A redirect target counts as visited: it was just fetched.
-            seen.extend(fetched.iter().filter_map(|p| p.final_url.clone()));
+            state
+                .seen
+                .extend(fetched.iter().filter_map(|p| p.final_url.clone()));
             let next: BTreeSet<String> = if depth < spec.depth {
                 fetched
                     .iter()
                     .flat_map(|p| p.links.iter())
-                    .filter(|link| !seen.contains(*link))
+                    .filter(|link| !state.seen.contains(*link))
                     .filter(|link| Url::parse(link).is_ok_and(|u| scope.contains(&u)))
                     .cloned()
                     .collect()
             } else {
                 BTreeSet::new()
             };
-            pages.extend(fetched);
-            let room = max_pages.saturating_sub(pages.len());
+            let room = state
+                .max_pages
+                .saturating_sub(state.pages.len() + fetched.len());
             if next.len() > room {
-                truncated = true;
+                state.truncated = true;
             }
             let next: Vec<String> = next.into_iter().take(room).collect();
             if next.is_empty() {
+                state.pages.extend(fetched);
                 break;
             }
-            seen.extend(next.iter().cloned());
-            levels.push(next);
+            (self.on_level)(LevelDone {
+                depth,
+                pages: fetched.clone(),
+                frontier: next.clone(),
+                truncated: state.truncated,
+                max_pages: state.max_pages as u32,
+            });
+            state.pages.extend(fetched);
+            state.seen.extend(next.iter().cloned());
+            state.levels.push(next);
         }
         Ok(CrawlResult {
-            levels,
-            pages,
+            levels: state.levels,
+            pages: state.pages,
             depth: spec.depth,
-            truncated,
+            truncated: state.truncated,
         })
     }
 

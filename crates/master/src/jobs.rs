@@ -1,26 +1,30 @@
-//! One job from the queue to its result: lease it, ack it once durable,
-//! crawl while heartbeating, then complete, cache and publish.
+//! One job from its lease to its result: a job comes from the queue (lease
+//! it with `Acquire`, ack it once durable) or is an orphan taken over
+//! (`ClaimOrphan`); either way it is crawled from its checkpoint while the
+//! lease is held, then completed, cached and published.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crawler_core::ErrorCode;
 use crawler_core::events::GatewayEvent;
-use crawler_core::model::{JobFailure, JobRecord, JobSpec};
+use crawler_core::model::{Checkpoint, JobFailure, JobId, JobRecord, JobSpec};
 use crawler_core::ports::{Delivery, EventKind, JobQueue, ResultCache};
 use crawler_core::retry::{RetryError, RetryPolicy};
-use crawler_proto::v1::{self, acquire_response, lock_service_client::LockServiceClient};
+use crawler_proto::v1::{self, acquire_response};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::crawl::{Crawl, CrawlError, Progress};
+use crate::holder::{Completed, LeaseHolder};
+use crate::lock_client::LockClient;
 use crate::pool::WorkerPool;
 
 /// What every job of this master shares.
 pub struct JobContext {
     pub master_id: String,
-    pub lock: LockServiceClient<Channel>,
+    pub lock: LockClient,
     pub queue: Arc<dyn JobQueue>,
     pub cache: Arc<dyn ResultCache>,
     pub pool: Arc<WorkerPool>,
@@ -28,14 +32,22 @@ pub struct JobContext {
     pub lease_ttl: Duration,
     pub cache_ttl: Duration,
     pub stats: crate::Stats,
+    /// Stop taking and crawling jobs; running ones release their leases.
     pub shutdown: CancellationToken,
+    /// The shutdown grace ran out: stop even completing.
+    pub hard_stop: CancellationToken,
+    /// The jobs this master holds a lease on.
+    pub running: Mutex<HashSet<JobId>>,
 }
 
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Calls to the lock server that must eventually get an answer.
-const LOCK_CALLS: RetryPolicy =
-    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(3));
+/// `Acquire` is retried until it is answered: the job is not durable yet.
+const ACQUIRE: RetryPolicy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1));
+const ACQUIRE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// One look for an orphan per tick; a failed look waits for the next tick.
+const CLAIM_DEADLINE: Duration = Duration::from_secs(1);
 
 /// A result is published a few times, then left to `status`.
 const PUBLISH_RESULT: RetryPolicy =
@@ -58,16 +70,32 @@ pub async fn handle_delivery(ctx: Arc<JobContext>, delivery: Delivery) {
         master_id: ctx.master_id.clone(),
         ttl_ms: ctx.lease_ttl.as_millis() as u32,
     };
-    let outcome = match acquire_with_retry(&ctx, &job_id, request).await {
-        Acquired::Answer(outcome) => *outcome,
-        Acquired::ShuttingDown => {
+    // The delivery stays unsettled while Acquire is retried: requeueing on
+    // every failure would spend the queue's delivery limit, and an outage of
+    // a few seconds would dead-letter good jobs.
+    let acquired = ctx
+        .lock
+        .call(
+            &ACQUIRE,
+            ACQUIRE_DEADLINE,
+            &ctx.shutdown,
+            "acquire",
+            |mut lock| {
+                let request = request.clone();
+                async move { lock.acquire(request).await }
+            },
+        )
+        .await;
+    let outcome = match acquired {
+        Ok(response) => response.outcome,
+        Err(RetryError::Cancelled) => {
             // Shutting down before the job was durable: hand it back untouched.
             if let Err(e) = delivery.requeue().await {
                 tracing::warn!(%job_id, error = %e, "cannot requeue job");
             }
             return;
         }
-        Acquired::Refused(status) => {
+        Err(RetryError::Permanent(status) | RetryError::Exhausted(status)) => {
             // Another try would be refused the same way: park it for an operator.
             tracing::error!(%job_id, error = %status.message(), "lock server refused the job; dead-lettering it");
             if let Err(e) = delivery.dead_letter().await {
@@ -81,9 +109,7 @@ pub async fn handle_delivery(ctx: Arc<JobContext>, delivery: Delivery) {
         tracing::warn!(%job_id, error = %e, "cannot ack job message; it may be redelivered, which the lease makes harmless");
     }
     match outcome {
-        Some(acquire_response::Outcome::Granted(lease)) => {
-            run_leased(&ctx, spec, lease.fencing_token).await
-        }
+        Some(acquire_response::Outcome::Granted(lease)) => run_job(&ctx, spec, lease).await,
         Some(acquire_response::Outcome::Done(done)) => {
             // Finished before (a redelivery after a crash): tell the gateway again; it delivers once.
             if let Some(record) = done.record.and_then(|r| JobRecord::try_from(r).ok()) {
@@ -91,25 +117,74 @@ pub async fn handle_delivery(ctx: Arc<JobContext>, delivery: Delivery) {
             }
         }
         Some(acquire_response::Outcome::Held(held)) => {
+            // Its holder finishes it, or dies and the job is taken over as an orphan.
             tracing::info!(%job_id, holder = %held.master_id, "job is leased to another master");
         }
         None => tracing::warn!(%job_id, "lock server answered without an outcome"),
     }
 }
 
-async fn run_leased(ctx: &Arc<JobContext>, spec: JobSpec, token: u64) {
+/// Asks once for an orphan to take over. `None` when there is none, or the
+/// lock server did not answer (the next tick asks again).
+pub async fn claim_orphan(ctx: &JobContext) -> Option<(JobSpec, v1::Lease, String)> {
+    let request = v1::ClaimOrphanRequest {
+        master_id: ctx.master_id.clone(),
+        ttl_ms: ctx.lease_ttl.as_millis() as u32,
+        running_job_ids: ctx.lock_running().iter().map(|id| id.0.clone()).collect(),
+    };
+    let claimed = ctx
+        .lock
+        .once(CLAIM_DEADLINE, |mut lock| async move {
+            lock.claim_orphan(request).await
+        })
+        .await;
+    match claimed {
+        Ok(response) => {
+            let orphan = response.orphan?;
+            Some((orphan.job?.into(), orphan.lease?, orphan.previous_master))
+        }
+        Err(status) => {
+            tracing::debug!(error = %status.message(), "cannot look for orphans");
+            None
+        }
+    }
+}
+
+/// Runs a job this master has just taken over from `previous_master`.
+pub async fn run_orphan(
+    ctx: &Arc<JobContext>,
+    spec: JobSpec,
+    lease: v1::Lease,
+    previous_master: String,
+) {
+    ctx.stats.jobs_taken_over.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(job_id = %spec.job_id, %previous_master, token = lease.fencing_token, "took over an orphaned job");
+    run_job(ctx, spec, lease).await;
+}
+
+async fn run_job(ctx: &Arc<JobContext>, spec: JobSpec, lease: v1::Lease) {
     let job_id = spec.job_id.clone();
+    let _running = Running::enter(ctx, &job_id);
+    let checkpoint: Option<Checkpoint> = lease.checkpoint.map(Into::into);
     ctx.stats.jobs_started.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(%job_id, url = %spec.url, depth = spec.depth, "crawl started");
+    match &checkpoint {
+        Some(c) => {
+            ctx.stats
+                .pages_resumed
+                .fetch_add(c.pages.len() as u64, Ordering::Relaxed);
+            tracing::info!(%job_id, url = %spec.url, depth = spec.depth, levels_done = c.levels_done, pages_kept = c.pages.len(), "crawl resumed");
+        }
+        None => tracing::info!(%job_id, url = %spec.url, depth = spec.depth, "crawl started"),
+    }
     let progress = Arc::new(Progress::default());
-    let lease_lost = ctx.shutdown.child_token();
-    let heartbeat = tokio::spawn(heartbeat_loop(
+    let stop = ctx.shutdown.child_token();
+    let holder = LeaseHolder::start(
         ctx.clone(),
-        spec.job_id.0.clone(),
-        token,
+        job_id.clone(),
+        lease.fencing_token,
         progress.clone(),
-        lease_lost.clone(),
-    ));
+        stop.clone(),
+    );
 
     let last_progress = std::sync::Mutex::new(Instant::now() - PROGRESS_INTERVAL);
     let on_progress = || {
@@ -133,20 +208,23 @@ async fn run_leased(ctx: &Arc<JobContext>, spec: JobSpec, token: u64) {
                 .await;
         });
     };
+    let on_level = |level| holder.save(level);
     let crawl = Crawl {
         spec: &spec,
         pool: &ctx.pool,
         batch_size: ctx.batch_size,
         progress: &progress,
         on_progress: &on_progress,
-        cancel: &lease_lost,
+        on_level: &on_level,
+        cancel: &stop,
     };
-    let result = crawl.run().await;
-    heartbeat.abort();
-    let outcome = match result {
+    let outcome = match crawl.run(checkpoint).await {
         Ok(result) => v1::complete_request::Outcome::Result((&result).into()),
         Err(CrawlError::Cancelled) => {
-            tracing::warn!(%job_id, "crawl stopped: lease lost or shutting down; another master may take it over");
+            if !holder.is_lost() {
+                // Shutting down: hand the job over now, not when the lease lapses.
+                holder.release().await;
+            }
             return;
         }
         Err(e @ (CrawlError::BadStartUrl(_) | CrawlError::Refused(_))) => {
@@ -159,38 +237,9 @@ async fn run_leased(ctx: &Arc<JobContext>, spec: JobSpec, token: u64) {
             )
         }
     };
-    let mut lock = ctx.lock.clone();
-    let completed = lock
-        .complete(v1::CompleteRequest {
-            job_id: job_id.0.clone(),
-            fencing_token: token,
-            outcome: Some(outcome),
-        })
-        .await;
-    let record = match completed {
-        Ok(_) => match lock
-            .get_job(v1::GetJobRequest {
-                job_id: job_id.0.clone(),
-            })
-            .await
-        {
-            Ok(r) => match JobRecord::try_from(r.into_inner()) {
-                Ok(record) => record,
-                Err(e) => {
-                    tracing::error!(%job_id, error = %e, "lock server returned an unreadable record");
-                    return;
-                }
-            },
-            Err(status) => {
-                tracing::error!(%job_id, error = %status.message(), "cannot read back the completed job");
-                return;
-            }
-        },
-        Err(status) => {
-            // A stale token means another master owns the job now: we must not publish.
-            tracing::warn!(%job_id, error = %status.message(), "complete refused; dropping this result");
-            return;
-        }
+    let record = match holder.complete(outcome).await {
+        Completed::Stored(record) => *record,
+        Completed::Stale | Completed::Abandoned => return,
     };
     if let Some(result) = &record.result
         && let Err(e) = ctx
@@ -209,42 +258,8 @@ async fn run_leased(ctx: &Arc<JobContext>, spec: JobSpec, token: u64) {
     publish_finished(ctx, record).await;
 }
 
-/// Asks the lock server for the job until it answers. The delivery stays
-/// unsettled meanwhile: requeueing on every failure would spend the queue's
-/// delivery limit, and an outage of a few seconds would dead-letter good jobs.
-async fn acquire_with_retry(
-    ctx: &JobContext,
-    job_id: &crawler_core::model::JobId,
-    request: v1::AcquireRequest,
-) -> Acquired {
-    let lock = ctx.lock.clone();
-    let acquired = LOCK_CALLS
-        .retry(
-            &ctx.shutdown,
-            || {
-                let (mut lock, request) = (lock.clone(), request.clone());
-                async move { lock.acquire(request).await }
-            },
-            |status, delay| {
-                tracing::warn!(%job_id, error = %status.message(), retry_in_ms = delay.as_millis() as u64, "lock server refused or unreachable; retrying acquire");
-            },
-        )
-        .await;
-    match acquired {
-        Ok(response) => Acquired::Answer(Box::new(response.into_inner().outcome)),
-        Err(RetryError::Cancelled) => Acquired::ShuttingDown,
-        Err(RetryError::Permanent(status) | RetryError::Exhausted(status)) => {
-            Acquired::Refused(status)
-        }
-    }
-}
-
-enum Acquired {
-    Answer(Box<Option<acquire_response::Outcome>>),
-    Refused(tonic::Status),
-    ShuttingDown,
-}
-
+/// Publishes to the gateway the stored record names: the one that holds the
+/// client now, which may not be the one that accepted the job.
 async fn publish_finished(ctx: &JobContext, record: JobRecord) {
     let key = record.spec.gateway_key.clone();
     let job_id = record.spec.job_id.clone();
@@ -254,7 +269,7 @@ async fn publish_finished(ctx: &JobContext, record: JobRecord) {
     .to_bytes();
     let published = PUBLISH_RESULT
         .retry(
-            &CancellationToken::new(),
+            &ctx.hard_stop,
             || {
                 ctx.queue
                     .publish_event(&key, EventKind::Result, event.clone())
@@ -267,33 +282,31 @@ async fn publish_finished(ctx: &JobContext, record: JobRecord) {
     }
 }
 
-async fn heartbeat_loop(
-    ctx: Arc<JobContext>,
-    job_id: String,
-    token: u64,
-    progress: Arc<Progress>,
-    lease_lost: CancellationToken,
-) {
-    let every = ctx.lease_ttl / 3;
-    let mut lock = ctx.lock.clone();
-    loop {
-        tokio::time::sleep(every).await;
-        let request = v1::HeartbeatRequest {
+impl JobContext {
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashSet<JobId>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Marks a job as held by this master for as long as it lives, so the
+/// master never claims its own job as an orphan.
+struct Running<'a> {
+    ctx: &'a JobContext,
+    job_id: JobId,
+}
+
+impl<'a> Running<'a> {
+    fn enter(ctx: &'a JobContext, job_id: &JobId) -> Self {
+        ctx.lock_running().insert(job_id.clone());
+        Self {
+            ctx,
             job_id: job_id.clone(),
-            fencing_token: token,
-            pages_done: progress.pages_done.load(Ordering::Relaxed),
-            current_depth: progress.current_depth.load(Ordering::Relaxed),
-            ttl_ms: ctx.lease_ttl.as_millis() as u32,
-        };
-        match lock.heartbeat(request).await {
-            Ok(_) => {}
-            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                tracing::warn!(%job_id, error = %status.message(), "lease lost");
-                lease_lost.cancel();
-                return;
-            }
-            // A missed heartbeat is retried at the next tick; the lease has slack for two.
-            Err(status) => tracing::warn!(%job_id, error = %status.message(), "heartbeat failed"),
         }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.ctx.lock_running().remove(&self.job_id);
     }
 }

@@ -1,10 +1,15 @@
 //! The crawler master: consumes `assigned`, leases each job from the lock
 //! server, crawls it level by level on the workers connected to it, and
-//! publishes the result to the gateway that holds the client.
+//! publishes the result to the gateway that holds the client. With a free
+//! job slot it also asks the lock server, every `--orphan-poll-ms`, for a job
+//! whose master went silent, and continues that crawl from its last saved
+//! level.
 
 pub mod config;
 mod crawl;
+mod holder;
 mod jobs;
+mod lock_client;
 mod pool;
 
 use std::net::SocketAddr;
@@ -13,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crawler_core::ports::{JobQueue, ResultCache};
 use crawler_core::retry::RetryPolicy;
-use crawler_proto::v1::lock_service_client::LockServiceClient;
 use crawler_proto::v1::master_service_server::MasterServiceServer;
 use futures::StreamExt;
 use tokio::net::TcpListener;
@@ -24,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::MasterConfig;
 use jobs::JobContext;
+use lock_client::LockClient;
 use pool::{MasterGrpc, WorkerPool};
 
 /// Counters a test or an operator can read.
@@ -34,6 +39,13 @@ pub struct Stats {
     pub workers_connected: Arc<std::sync::atomic::AtomicUsize>,
     /// Batches sent again because the worker holding them went away.
     pub batches_redispatched: Arc<AtomicU64>,
+    /// Orphaned jobs of other masters this master took over.
+    pub jobs_taken_over: Arc<AtomicU64>,
+    /// Pages of completed levels taken from checkpoints instead of fetched again.
+    pub pages_resumed: Arc<AtomicU64>,
+    pub levels_saved: Arc<AtomicU64>,
+    /// Leases handed back at a graceful stop.
+    pub leases_released: Arc<AtomicU64>,
 }
 
 pub struct Master {
@@ -76,14 +88,13 @@ impl Master {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr();
-        let pool = WorkerPool::new(self.config.master_id.clone(), shutdown.clone(), &self.stats);
-        let lock_channel =
-            tonic::transport::Endpoint::from_shared(self.config.lock_server.clone())?
-                .connect_timeout(std::time::Duration::from_secs(3))
-                .connect_lazy();
+        // Workers are served until every job has ended, not just until the
+        // shutdown signal: a job completing in the grace may still need them.
+        let serving = CancellationToken::new();
+        let pool = WorkerPool::new(self.config.master_id.clone(), serving.clone(), &self.stats);
         let ctx = Arc::new(JobContext {
             master_id: self.config.master_id.clone(),
-            lock: LockServiceClient::new(lock_channel).max_decoding_message_size(256 * 1024 * 1024),
+            lock: LockClient::new(self.config.lock_server.clone())?,
             queue: self.queue.clone(),
             cache: self.cache.clone(),
             pool: pool.clone(),
@@ -92,6 +103,8 @@ impl Master {
             cache_ttl: self.config.cache_ttl(),
             stats: self.stats.clone(),
             shutdown: shutdown.clone(),
+            hard_stop: CancellationToken::new(),
+            running: Default::default(),
         });
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -106,13 +119,13 @@ impl Master {
             )
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.listener),
-                shutdown.clone().cancelled_owned(),
+                serving.clone().cancelled_owned(),
             );
         let grpc = tokio::spawn(grpc);
         tracing::info!(%addr, master_id = %self.config.master_id, "master listening for workers");
 
-        let consumed = consume(ctx, self.config.max_jobs, shutdown.clone()).await;
-        shutdown.cancel();
+        let consumed = consume(ctx, self.config.max_jobs, self.config.orphan_poll()).await;
+        serving.cancel();
         let _ = grpc.await;
         consumed
     }
@@ -124,15 +137,24 @@ const RESUBSCRIBE: RetryPolicy = RetryPolicy::new(
     std::time::Duration::from_secs(5),
 );
 
-/// Takes jobs while a job slot is free; unsettled deliveries never exceed the prefetch.
+/// How long running jobs get, after a stop signal, to hand their leases
+/// back or complete; past it, completions are abandoned too.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes jobs while a job slot is free: an orphan first when the claim timer
+/// is due, so a dropped job never waits behind a queue of new ones, else
+/// the next queued job. Unsettled deliveries never exceed the prefetch.
 async fn consume(
     ctx: Arc<JobContext>,
     max_jobs: u16,
-    shutdown: CancellationToken,
+    orphan_poll: std::time::Duration,
 ) -> anyhow::Result<()> {
+    let shutdown = ctx.shutdown.clone();
     let slots = Arc::new(Semaphore::new(usize::from(max_jobs)));
     let running = TaskTracker::new();
     let mut backoff = RESUBSCRIBE.backoff();
+    let mut claim_due = tokio::time::interval(orphan_poll);
+    claim_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'connect: while !shutdown.is_cancelled() {
         let mut deliveries = match ctx.queue.consume_jobs(max_jobs).await {
             Ok(stream) => stream,
@@ -150,41 +172,55 @@ async fn consume(
                 _ = shutdown.cancelled() => break 'connect,
                 permit = slots.clone().acquire_owned() => permit.expect("semaphore never closes"),
             };
-            let delivery = tokio::select! {
+            let next = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break 'connect,
-                d = deliveries.next() => d,
+                _ = claim_due.tick() => None,
+                d = deliveries.next() => Some(d),
             };
-            match delivery {
-                Some(Ok(delivery)) => {
+            match next {
+                None => {
+                    if let Some((spec, lease, previous)) = jobs::claim_orphan(&ctx).await {
+                        let ctx = ctx.clone();
+                        running.spawn(async move {
+                            jobs::run_orphan(&ctx, spec, lease, previous).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Some(Some(Ok(delivery))) => {
                     let ctx = ctx.clone();
                     running.spawn(async move {
                         jobs::handle_delivery(ctx, delivery).await;
                         drop(permit);
                     });
                 }
-                Some(Err(e)) => {
+                Some(Some(Err(e))) => {
                     tracing::warn!(error = %e, "job queue failed; reconnecting");
                     continue 'connect;
                 }
-                None => {
+                Some(None) => {
                     tracing::warn!("job queue closed; reconnecting");
                     continue 'connect;
                 }
             }
         }
     }
+    // The consumer is gone, so the queue gives unsettled messages to other
+    // masters; running jobs see the shutdown and release their leases.
     running.close();
-    if tokio::time::timeout(std::time::Duration::from_secs(10), running.wait())
+    if tokio::time::timeout(STOP_GRACE, running.wait())
         .await
         .is_err()
     {
-        tracing::warn!(
-            "jobs still running at shutdown; their leases will expire and another master takes them"
-        );
+        tracing::warn!("jobs still running after the stop grace; abandoning them to lease expiry");
+        ctx.hard_stop.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), running.wait()).await;
     }
     tracing::info!(
         started = ctx.stats.jobs_started.load(Ordering::Relaxed),
         completed = ctx.stats.jobs_completed.load(Ordering::Relaxed),
+        released = ctx.stats.leases_released.load(Ordering::Relaxed),
         "master stopped"
     );
     Ok(())

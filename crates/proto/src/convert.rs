@@ -3,7 +3,8 @@
 
 use crawler_core::ErrorCode;
 use crawler_core::model::{
-    self as m, CrawlOptions, CrawlResult, JobId, JobRecord, JobSpec, JobState, PageFacts,
+    self as m, Checkpoint, CrawlOptions, CrawlResult, JobId, JobRecord, JobSpec, JobState,
+    LevelDone, PageFacts,
 };
 
 use crate::v1;
@@ -137,6 +138,59 @@ impl From<v1::CrawlResult> for CrawlResult {
     }
 }
 
+impl From<&Checkpoint> for v1::Checkpoint {
+    fn from(c: &Checkpoint) -> Self {
+        Self {
+            levels_done: c.levels_done,
+            pages: c.pages.iter().map(Into::into).collect(),
+            frontier: c.frontier.clone(),
+            truncated: c.truncated,
+            max_pages: c.max_pages,
+        }
+    }
+}
+
+impl From<v1::Checkpoint> for Checkpoint {
+    fn from(c: v1::Checkpoint) -> Self {
+        Self {
+            levels_done: c.levels_done,
+            pages: c.pages.into_iter().map(Into::into).collect(),
+            frontier: c.frontier,
+            truncated: c.truncated,
+            max_pages: c.max_pages,
+        }
+    }
+}
+
+impl v1::SaveLevelRequest {
+    pub fn new(job_id: &JobId, fencing_token: u64, level: &LevelDone) -> Self {
+        Self {
+            job_id: job_id.0.clone(),
+            fencing_token,
+            depth: level.depth,
+            pages: level.pages.iter().map(Into::into).collect(),
+            frontier: level.frontier.clone(),
+            truncated: level.truncated,
+            max_pages: level.max_pages,
+        }
+    }
+
+    /// The level it carries, and the job and token it is for.
+    pub fn into_level(self) -> (JobId, u64, LevelDone) {
+        (
+            JobId(self.job_id),
+            self.fencing_token,
+            LevelDone {
+                depth: self.depth,
+                pages: self.pages.into_iter().map(Into::into).collect(),
+                frontier: self.frontier,
+                truncated: self.truncated,
+                max_pages: self.max_pages,
+            },
+        )
+    }
+}
+
 impl From<&m::JobFailure> for v1::JobFailure {
     fn from(f: &m::JobFailure) -> Self {
         Self {
@@ -148,8 +202,7 @@ impl From<&m::JobFailure> for v1::JobFailure {
 
 impl From<v1::JobFailure> for m::JobFailure {
     fn from(f: v1::JobFailure) -> Self {
-        let code = serde_json::from_value(serde_json::Value::String(f.code))
-            .unwrap_or(ErrorCode::Internal);
+        let code = ErrorCode::parse(&f.code).unwrap_or(ErrorCode::Internal);
         Self {
             code,
             message: f.message,
@@ -235,6 +288,36 @@ mod tests {
         };
         let back: CrawlResult = v1::CrawlResult::from(&result).into();
         assert_eq!(back, result);
+    }
+
+    #[test]
+    fn a_checkpoint_and_a_saved_level_survive_the_round_trip() {
+        let page = PageFacts {
+            url: "http://a/".into(),
+            status: Some(200),
+            links: vec!["http://a/b".into()],
+            ..Default::default()
+        };
+        let checkpoint = Checkpoint {
+            levels_done: 1,
+            pages: vec![page.clone()],
+            frontier: vec!["http://a/b".into()],
+            truncated: true,
+            max_pages: 7,
+        };
+        let back: Checkpoint = v1::Checkpoint::from(&checkpoint).into();
+        assert_eq!(back, checkpoint);
+
+        let level = LevelDone {
+            depth: 0,
+            pages: vec![page],
+            frontier: vec!["http://a/b".into()],
+            truncated: false,
+            max_pages: 7,
+        };
+        let job = JobId("j".into());
+        let (job_back, token, level_back) = v1::SaveLevelRequest::new(&job, 4, &level).into_level();
+        assert_eq!((job_back, token, level_back), (job, 4, level));
     }
 
     #[test]

@@ -23,3 +23,7 @@ pub mod filesync {
 /// Bumped whenever the master/worker stream changes incompatibly; a master
 /// refuses a worker that registers with another version.
 pub const WORK_PROTOCOL_VERSION: u32 = 1;
+
+/// The gRPC metadata entry in which a lock-server replica that does not lead
+/// names the address of the one that does.
+pub const LEADER_METADATA_KEY: &str = "crawler-leader";

@@ -4,8 +4,12 @@
 use std::time::Duration;
 
 use crawler_core::ErrorCode;
-use crawler_core::model::{CrawlOptions, CrawlResult, JobFailure, JobId, JobSpec, JobState};
-use crawler_core::ports::{AcquireOutcome, InsertOutcome, JobOutcome, JobStore, Lease, StoreError};
+use crawler_core::model::{
+    CrawlOptions, CrawlResult, JobFailure, JobId, JobSpec, JobState, LevelDone, PageFacts,
+};
+use crawler_core::ports::{
+    AcquireOutcome, Grant, InsertOutcome, JobOutcome, JobStore, Lease, StoreError,
+};
 
 const ACCEPTED: u64 = 1_000_000;
 const TTL: Duration = Duration::from_secs(10);
@@ -35,9 +39,33 @@ fn result() -> CrawlResult {
 }
 
 async fn grant(store: &dyn JobStore, spec: &JobSpec, master: &str, now_ms: u64) -> Lease {
+    full_grant(store, spec, master, now_ms).await.lease
+}
+
+async fn full_grant(store: &dyn JobStore, spec: &JobSpec, master: &str, now_ms: u64) -> Grant {
     match store.acquire(spec, master, TTL, now_ms).await.unwrap() {
-        AcquireOutcome::Granted(lease) => lease,
+        AcquireOutcome::Granted(grant) => grant,
         other => panic!("expected a grant to {master}, got {other:?}"),
+    }
+}
+
+fn page(url: &str, depth: u32) -> PageFacts {
+    PageFacts {
+        url: url.into(),
+        depth,
+        status: Some(200),
+        links: vec!["https://example.com/next".into()],
+        ..PageFacts::default()
+    }
+}
+
+fn level(depth: u32, urls: &[&str], frontier: &[&str]) -> LevelDone {
+    LevelDone {
+        depth,
+        pages: urls.iter().map(|url| page(url, depth)).collect(),
+        frontier: frontier.iter().map(|url| url.to_string()).collect(),
+        truncated: false,
+        max_pages: 100,
     }
 }
 
@@ -121,6 +149,11 @@ pub async fn acquire_persists_and_leases_a_new_job(store: &dyn JobStore) {
     let record = store.get(&spec.job_id).await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Running);
     assert_eq!(record.spec, spec);
+    assert_eq!(
+        full_grant(store, &spec, "m1", now + 1).await.checkpoint,
+        None,
+        "a job that saved no level has nothing to continue from"
+    );
 }
 
 pub async fn a_live_lease_is_held_elsewhere(store: &dyn JobStore) {
@@ -324,6 +357,270 @@ pub async fn racing_masters_get_exactly_one_grant(store: &dyn JobStore) {
     assert_eq!(grants, 1);
 }
 
+pub async fn an_orphan_is_handed_over_with_the_next_token_and_its_checkpoint(store: &dyn JobStore) {
+    let spec = spec();
+    let old = grant(store, &spec, "m1", ACCEPTED).await;
+    let first = level(
+        0,
+        &["https://example.com/"],
+        &["https://example.com/a", "https://example.com/b"],
+    );
+    store
+        .save_level(&spec.job_id, old.fencing_token, &first)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim_orphan("m2", &[], TTL, old.expires_at_ms - 1)
+            .await
+            .unwrap(),
+        None,
+        "a live lease is no orphan"
+    );
+
+    let takeover = store
+        .claim_orphan("m2", &[], TTL, old.expires_at_ms)
+        .await
+        .unwrap()
+        .expect("the expired job is an orphan");
+    assert_eq!(takeover.spec, spec);
+    assert_eq!(takeover.previous_master.as_deref(), Some("m1"));
+    assert_eq!(takeover.grant.lease.fencing_token, old.fencing_token + 1);
+    let checkpoint = takeover.grant.checkpoint.expect("level 0 was saved");
+    assert_eq!(checkpoint.levels_done, 1);
+    assert_eq!(checkpoint.pages, first.pages);
+    assert_eq!(checkpoint.frontier, first.frontier);
+    assert_eq!(
+        checkpoint.levels(),
+        vec![vec!["https://example.com/".to_string()]]
+    );
+
+    assert_eq!(
+        store
+            .claim_orphan("m3", &[], TTL, old.expires_at_ms)
+            .await
+            .unwrap(),
+        None,
+        "taken over once"
+    );
+    assert_stale(
+        store
+            .save_level(&spec.job_id, old.fencing_token, &level(1, &[], &[]))
+            .await,
+        old.fencing_token,
+        old.fencing_token + 1,
+    );
+}
+
+pub async fn orphans_go_oldest_first_and_skip_the_callers_own(store: &dyn JobStore) {
+    let (early, late) = (spec(), spec());
+    let early_lease = grant(store, &early, "m1", ACCEPTED).await;
+    grant(store, &late, "m1", ACCEPTED + 500).await;
+    let now = early_lease.expires_at_ms + 1_000;
+
+    let skipped = store
+        .claim_orphan("m2", std::slice::from_ref(&early.job_id), TTL, now)
+        .await
+        .unwrap()
+        .expect("the later orphan is left");
+    assert_eq!(skipped.spec.job_id, late.job_id);
+    let oldest = store
+        .claim_orphan("m2", &[], TTL, now)
+        .await
+        .unwrap()
+        .expect("the early orphan is still there");
+    assert_eq!(oldest.spec.job_id, early.job_id);
+    assert_eq!(store.claim_orphan("m2", &[], TTL, now).await.unwrap(), None);
+}
+
+pub async fn a_released_job_is_an_orphan_at_once(store: &dyn JobStore) {
+    let spec = spec();
+    let lease = grant(store, &spec, "m1", ACCEPTED).await;
+    assert_stale(
+        store
+            .release(&spec.job_id, lease.fencing_token + 1, ACCEPTED + 10)
+            .await,
+        lease.fencing_token + 1,
+        lease.fencing_token,
+    );
+    store
+        .release(&spec.job_id, lease.fencing_token, ACCEPTED + 10)
+        .await
+        .unwrap();
+    let takeover = store
+        .claim_orphan("m2", &[], TTL, ACCEPTED + 10)
+        .await
+        .unwrap()
+        .expect("released, so claimable before its lease would have run out");
+    assert_eq!(takeover.grant.checkpoint, None);
+
+    let record = store
+        .complete(
+            &spec.job_id,
+            takeover.grant.lease.fencing_token,
+            &JobOutcome::Done(result()),
+            ACCEPTED + 20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.state, JobState::Done);
+    assert!(matches!(
+        store
+            .release(
+                &spec.job_id,
+                takeover.grant.lease.fencing_token,
+                ACCEPTED + 30
+            )
+            .await,
+        Err(StoreError::Ended)
+    ));
+    assert!(matches!(
+        store.release(&JobId::new_random(), 1, ACCEPTED).await,
+        Err(StoreError::UnknownJob(_))
+    ));
+}
+
+pub async fn levels_are_saved_in_order_and_a_repeated_save_is_harmless(store: &dyn JobStore) {
+    let spec = spec();
+    let lease = grant(store, &spec, "m1", ACCEPTED).await;
+    let token = lease.fencing_token;
+    let zero = level(0, &["https://example.com/"], &["https://example.com/a"]);
+    store.save_level(&spec.job_id, token, &zero).await.unwrap();
+    store.save_level(&spec.job_id, token, &zero).await.unwrap();
+    assert!(matches!(
+        store
+            .save_level(&spec.job_id, token, &level(2, &[], &[]))
+            .await,
+        Err(StoreError::LevelOutOfOrder {
+            expected: 1,
+            got: 2
+        })
+    ));
+    let one = LevelDone {
+        truncated: true,
+        max_pages: 2,
+        ..level(1, &["https://example.com/a"], &["https://example.com/z"])
+    };
+    store.save_level(&spec.job_id, token, &one).await.unwrap();
+
+    let resumed = full_grant(store, &spec, "m2", lease.expires_at_ms)
+        .await
+        .checkpoint
+        .expect("two levels saved");
+    assert_eq!(resumed.levels_done, 2);
+    assert_eq!(
+        resumed.levels(),
+        vec![
+            vec!["https://example.com/".to_string()],
+            vec!["https://example.com/a".to_string()]
+        ]
+    );
+    assert_eq!(resumed.frontier, one.frontier);
+    assert!(resumed.truncated);
+    assert_eq!(resumed.max_pages, 2);
+
+    let record = store
+        .complete(
+            &spec.job_id,
+            token + 1,
+            &JobOutcome::Done(result()),
+            ACCEPTED + 1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.result, Some(result()));
+    assert!(matches!(
+        store.save_level(&spec.job_id, token + 1, &zero).await,
+        Err(StoreError::Ended)
+    ));
+}
+
+pub async fn the_outbox_hands_out_unpublished_jobs_once_per_grace(store: &dyn JobStore) {
+    let waiting = spec();
+    store.insert_job(&waiting).await.unwrap();
+    let published = JobSpec {
+        client_job_id: "job-2".into(),
+        ..spec()
+    };
+    store.insert_job(&published).await.unwrap();
+    store.mark_published(&published.job_id).await.unwrap();
+    let leased = JobSpec {
+        client_job_id: "job-3".into(),
+        ..spec()
+    };
+    store.insert_job(&leased).await.unwrap();
+    grant(store, &leased, "m1", ACCEPTED).await;
+    store.insert_done(&spec(), &result()).await.unwrap();
+
+    assert_eq!(
+        store
+            .claim_unpublished(ACCEPTED, ACCEPTED + 5, 10)
+            .await
+            .unwrap(),
+        Vec::<JobSpec>::new(),
+        "still within its grace"
+    );
+    let due = store
+        .claim_unpublished(ACCEPTED + 1, ACCEPTED + 5, 10)
+        .await
+        .unwrap();
+    assert_eq!(due, vec![waiting.clone()]);
+    assert_eq!(
+        store
+            .claim_unpublished(ACCEPTED + 1, ACCEPTED + 6, 10)
+            .await
+            .unwrap(),
+        Vec::<JobSpec>::new(),
+        "taken by that relay until another grace has passed"
+    );
+    assert_eq!(
+        store
+            .claim_unpublished(ACCEPTED + 6, ACCEPTED + 7, 10)
+            .await
+            .unwrap(),
+        vec![waiting.clone()]
+    );
+    store.mark_published(&waiting.job_id).await.unwrap();
+    assert_eq!(
+        store
+            .claim_unpublished(u64::MAX / 2, u64::MAX / 2, 10)
+            .await
+            .unwrap(),
+        Vec::<JobSpec>::new()
+    );
+}
+
+pub async fn a_rerouted_job_reports_its_new_gateway(store: &dyn JobStore) {
+    let spec = spec();
+    store.insert_job(&spec).await.unwrap();
+    store.reroute(&spec.job_id, "gw-2").await.unwrap();
+    let found = store
+        .find_by_client(&spec.client_id, &spec.client_job_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.spec.gateway_key, "gw-2");
+    let outbox = store
+        .claim_unpublished(ACCEPTED + 1, ACCEPTED + 2, 10)
+        .await
+        .unwrap();
+    assert_eq!(outbox[0].gateway_key, "gw-2");
+    let lease = grant(store, &spec, "m1", ACCEPTED).await;
+    let record = store
+        .complete(
+            &spec.job_id,
+            lease.fencing_token,
+            &JobOutcome::Done(result()),
+            ACCEPTED + 3,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        record.spec.gateway_key, "gw-2",
+        "the master publishes where the client is"
+    );
+}
+
 /// Runs the whole store suite against one implementation.
 #[macro_export]
 macro_rules! store_conformance {
@@ -345,6 +642,12 @@ macro_rules! store_conformance {
                 failure_is_recorded,
                 completing_twice_keeps_the_first_outcome,
                 racing_masters_get_exactly_one_grant,
+                an_orphan_is_handed_over_with_the_next_token_and_its_checkpoint,
+                orphans_go_oldest_first_and_skip_the_callers_own,
+                a_released_job_is_an_orphan_at_once,
+                levels_are_saved_in_order_and_a_repeated_save_is_harmless,
+                the_outbox_hands_out_unpublished_jobs_once_per_grace,
+                a_rerouted_job_reports_its_new_gateway,
             ]
         );
     };

@@ -1,0 +1,73 @@
+//! Where Postgres and SQLite differ for the job store: how a transaction
+//! takes the lock that makes read-then-write atomic, and the statements that
+//! pick rows among competing callers. Everything else is shared SQL.
+
+use sqlx::{Postgres, Sqlite};
+
+use super::row::job_columns;
+
+/// The statements one database needs written its own way.
+pub trait Dialect: sqlx::Database {
+    /// Starts a transaction that reads a row and then writes it.
+    const BEGIN_WRITE: &'static str;
+    /// Reads one job row that the transaction goes on to write.
+    const SELECT_JOB_FOR_UPDATE: &'static str;
+    /// The longest-orphaned job: running, lease expired at `$1`, not in the
+    /// JSON array of job ids `$2`. Two lock servers never pick the same one.
+    const PICK_ORPHAN: &'static str;
+    /// Takes up to `$3` queued jobs whose publication has waited since before
+    /// `$1`, marks them as waiting since `$2`, and returns their specs.
+    const CLAIM_UNPUBLISHED: &'static str;
+    /// Reads the leadership row that the transaction goes on to write.
+    const SELECT_LEADER_FOR_UPDATE: &'static str;
+}
+
+/// Row locks: `FOR UPDATE` holds a row until commit; `SKIP LOCKED` lets a
+/// competing caller take the next row instead of waiting for this one.
+impl Dialect for Postgres {
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    const SELECT_JOB_FOR_UPDATE: &'static str = concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE job_id = $1 FOR UPDATE"
+    );
+    const PICK_ORPHAN: &'static str = "SELECT job_id FROM jobs
+        WHERE state = 'running' AND lease_expires_at_ms <= $1
+          AND job_id NOT IN (SELECT jsonb_array_elements_text($2))
+        ORDER BY lease_expires_at_ms
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED";
+    const CLAIM_UNPUBLISHED: &'static str = "UPDATE jobs SET publish_pending_since_ms = $2
+        WHERE job_id IN (
+            SELECT job_id FROM jobs
+            WHERE state = 'queued' AND publish_pending_since_ms < $1
+            ORDER BY publish_pending_since_ms
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED)
+        RETURNING spec, gateway_key";
+    const SELECT_LEADER_FOR_UPDATE: &'static str =
+        "SELECT holder, address, epoch, expires_at_ms FROM lock_leader WHERE id = 1 FOR UPDATE";
+}
+
+/// SQLite has one writer at a time: `BEGIN IMMEDIATE` takes the database's
+/// write lock up front (a deferred transaction could read, then fail to
+/// upgrade), so plain reads inside it are as good as row locks.
+impl Dialect for Sqlite {
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const SELECT_JOB_FOR_UPDATE: &'static str =
+        concat!("SELECT ", job_columns!(), " FROM jobs WHERE job_id = $1");
+    const PICK_ORPHAN: &'static str = "SELECT job_id FROM jobs
+        WHERE state = 'running' AND lease_expires_at_ms <= $1
+          AND job_id NOT IN (SELECT value FROM json_each($2))
+        ORDER BY lease_expires_at_ms
+        LIMIT 1";
+    const CLAIM_UNPUBLISHED: &'static str = "UPDATE jobs SET publish_pending_since_ms = $2
+        WHERE job_id IN (
+            SELECT job_id FROM jobs
+            WHERE state = 'queued' AND publish_pending_since_ms < $1
+            ORDER BY publish_pending_since_ms
+            LIMIT $3)
+        RETURNING spec, gateway_key";
+    const SELECT_LEADER_FOR_UPDATE: &'static str =
+        "SELECT holder, address, epoch, expires_at_ms FROM lock_leader WHERE id = 1";
+}

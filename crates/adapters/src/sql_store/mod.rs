@@ -1,0 +1,683 @@
+//! The job store on SQL, written once for Postgres (clusters) and SQLite (the
+//! embedded default). Each lease decision reads the job's row under a write
+//! lock (see [`Dialect`]), applies the rules of [`crawler_core::lease`], and
+//! writes in the same transaction, so two callers racing for a job see one
+//! grant and one refusal.
+//!
+//! `QueryResult` has no generic row count in sqlx, so statements that must
+//! report whether they changed a row say so with `RETURNING`.
+
+mod dialect;
+mod row;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crawler_core::lease::{AcquireRule, Leadership, expiry};
+use crawler_core::model::{Checkpoint, CrawlResult, JobId, JobRecord, JobSpec, LevelDone};
+use crawler_core::ports::{
+    AcquireOutcome, AdapterError, AdapterResult, Election, Grant, InsertOutcome, JobOutcome,
+    JobStore, Lease, StoreError, Takeover,
+};
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
+
+pub use dialect::Dialect;
+use row::{CheckpointHead, Doc, StoredJob, count, doc, engine, from_db, parse, to_db};
+
+/// The statements both databases run alike. Both speak `$n` parameters
+/// (SQLite reads them as numbered).
+mod sql {
+    use super::row::job_columns;
+
+    pub const INSERT_QUEUED: &str = "INSERT INTO jobs
+            (job_id, client_id, client_job_id, spec, state, accepted_at_ms, publish_pending_since_ms)
+        VALUES ($1, $2, $3, $4, 'queued', $5, $5)
+        ON CONFLICT DO NOTHING
+        RETURNING job_id";
+
+    /// A job that reached a master without a gateway recording it first was
+    /// published already: the outbox has nothing to do for it.
+    pub const INSERT_FROM_QUEUE: &str = "INSERT INTO jobs
+            (job_id, client_id, client_job_id, spec, state, accepted_at_ms)
+        VALUES ($1, $2, $3, $4, 'queued', $5)
+        ON CONFLICT DO NOTHING";
+
+    pub const INSERT_DONE: &str = "INSERT INTO jobs
+            (job_id, client_id, client_job_id, spec, state, accepted_at_ms,
+             result, pages_done, current_depth)
+        VALUES ($1, $2, $3, $4, 'done', $5, $6, $7, $8)
+        ON CONFLICT DO NOTHING
+        RETURNING job_id";
+
+    pub const SELECT_BY_ID: &str =
+        concat!("SELECT ", job_columns!(), " FROM jobs WHERE job_id = $1");
+
+    pub const SELECT_BY_CLIENT: &str = concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE client_id = $1 AND client_job_id = $2"
+    );
+
+    /// A grant also ends the outbox's duty: the job reached a master.
+    pub const GRANT: &str = "UPDATE jobs
+        SET state = 'running', master_id = $2, fencing_token = $3, lease_expires_at_ms = $4,
+            publish_pending_since_ms = NULL
+        WHERE job_id = $1";
+
+    /// The token check and the renewal in one statement, so a takeover
+    /// cannot slip between them.
+    pub const RENEW: &str = "UPDATE jobs
+        SET lease_expires_at_ms = $3, pages_done = $4, current_depth = $5
+        WHERE job_id = $1 AND fencing_token = $2 AND state = 'running'
+        RETURNING job_id";
+
+    pub const RELEASE: &str = "UPDATE jobs
+        SET lease_expires_at_ms = $3
+        WHERE job_id = $1 AND fencing_token = $2 AND state = 'running'
+        RETURNING job_id";
+
+    pub const COMPLETE: &str = "UPDATE jobs
+        SET state = $2, result = $3, failure = $4, pages_done = $5, current_depth = $6,
+            elapsed_ms = $7, checkpoint = NULL, publish_pending_since_ms = NULL
+        WHERE job_id = $1";
+
+    pub const SELECT_LEVELS: &str = "SELECT pages FROM job_levels WHERE job_id = $1 ORDER BY depth";
+    pub const INSERT_LEVEL: &str =
+        "INSERT INTO job_levels (job_id, depth, pages) VALUES ($1, $2, $3)";
+    pub const DELETE_LEVELS: &str = "DELETE FROM job_levels WHERE job_id = $1";
+    pub const SET_CHECKPOINT: &str = "UPDATE jobs SET checkpoint = $2 WHERE job_id = $1";
+
+    pub const MARK_PUBLISHED: &str =
+        "UPDATE jobs SET publish_pending_since_ms = NULL WHERE job_id = $1";
+    pub const REROUTE: &str = "UPDATE jobs SET gateway_key = $2 WHERE job_id = $1";
+
+    pub const SET_LEADER: &str = "UPDATE lock_leader
+        SET holder = $1, address = $2, epoch = $3, expires_at_ms = $4
+        WHERE id = 1";
+    pub const RESIGN: &str =
+        "UPDATE lock_leader SET expires_at_ms = 0 WHERE id = 1 AND holder = $1";
+}
+
+/// A [`JobStore`] and an [`Election`] on a SQL database. Cloning shares the pool.
+pub struct SqlStore<DB: sqlx::Database> {
+    pool: Pool<DB>,
+}
+
+impl<DB: sqlx::Database> Clone for SqlStore<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+impl<DB: sqlx::Database> SqlStore<DB> {
+    pub(crate) fn from_pool(pool: Pool<DB>) -> Self {
+        Self { pool }
+    }
+
+    pub(crate) fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+
+    /// Closes the pool; calls made afterwards fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn failure<DB: sqlx::Database>(what: &str, cause: impl std::fmt::Display) -> AdapterError {
+    AdapterError::new(engine::<DB>(), format!("{what}: {cause}"))
+}
+
+impl<DB> SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> Doc: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<Doc>: Encode<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'r> Doc: Decode<'r, DB>,
+    for<'r> String: Decode<'r, DB>,
+    for<'r> i64: Decode<'r, DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+{
+    async fn begin_write(&self) -> AdapterResult<Transaction<'static, DB>> {
+        self.pool
+            .begin_with(DB::BEGIN_WRITE)
+            .await
+            .map_err(|e| failure::<DB>("cannot begin a transaction", e))
+    }
+
+    async fn commit(tx: Transaction<'static, DB>, what: &str) -> AdapterResult<()> {
+        tx.commit()
+            .await
+            .map_err(|e| failure::<DB>(&format!("cannot commit {what}"), e))
+    }
+
+    fn decode(row: &DB::Row) -> AdapterResult<StoredJob> {
+        StoredJob::from_row(engine::<DB>(), row)
+    }
+
+    async fn find_locked(
+        tx: &mut Transaction<'static, DB>,
+        job_id: &JobId,
+    ) -> AdapterResult<Option<StoredJob>> {
+        let row = sqlx::query(DB::SELECT_JOB_FOR_UPDATE)
+            .bind(job_id.0.as_str())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot read a job", e))?;
+        row.as_ref().map(Self::decode).transpose()
+    }
+
+    async fn find_unlocked(&self, job_id: &JobId) -> AdapterResult<Option<StoredJob>> {
+        let row = sqlx::query(sql::SELECT_BY_ID)
+            .bind(job_id.0.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot read a job", e))?;
+        row.as_ref().map(Self::decode).transpose()
+    }
+
+    /// The record a repeated insert reports: the client's earlier job, or
+    /// the job that already holds this id.
+    async fn existing(&self, spec: &JobSpec) -> AdapterResult<InsertOutcome> {
+        let found = match self
+            .find_by_client(&spec.client_id, &spec.client_job_id)
+            .await?
+        {
+            Some(record) => Some(record),
+            None => self.get(&spec.job_id).await?,
+        };
+        found
+            .map(|record| InsertOutcome::Exists(Box::new(record)))
+            .ok_or_else(|| {
+                failure::<DB>(
+                    "cannot insert a job",
+                    "it conflicts with a job that vanished",
+                )
+            })
+    }
+
+    /// Writes `lease` to the locked row, and reads what earlier holders
+    /// made durable, for the new holder to continue from.
+    async fn grant(
+        tx: &mut Transaction<'static, DB>,
+        job: &StoredJob,
+        master_id: &str,
+        lease: Lease,
+    ) -> AdapterResult<Grant> {
+        sqlx::query(sql::GRANT)
+            .bind(lease.job_id.0.as_str())
+            .bind(master_id)
+            .bind(to_db(lease.fencing_token))
+            .bind(to_db(lease.expires_at_ms))
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot grant a lease", e))?;
+        let checkpoint = match &job.checkpoint {
+            Some(head) if head.levels_done > 0 => {
+                Some(Self::checkpoint(tx, &lease.job_id, head).await?)
+            }
+            _ => None,
+        };
+        Ok(Grant { lease, checkpoint })
+    }
+
+    async fn checkpoint(
+        tx: &mut Transaction<'static, DB>,
+        job_id: &JobId,
+        head: &CheckpointHead,
+    ) -> AdapterResult<Checkpoint> {
+        let rows = sqlx::query(sql::SELECT_LEVELS)
+            .bind(job_id.0.as_str())
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot read a checkpoint", e))?;
+        let mut pages = Vec::new();
+        for row in &rows {
+            let level: Doc = row
+                .try_get("pages")
+                .map_err(|e| failure::<DB>("a checkpoint level is unreadable", e))?;
+            pages.extend(parse::<Vec<crawler_core::model::PageFacts>>(
+                engine::<DB>(),
+                &level,
+            )?);
+        }
+        Ok(Checkpoint {
+            levels_done: head.levels_done,
+            pages,
+            frontier: head.frontier.clone(),
+            truncated: head.truncated,
+            max_pages: head.max_pages,
+        })
+    }
+
+    /// Why a conditional update guarded by the token matched no row.
+    async fn refusal(&self, job_id: &JobId, presented: u64) -> StoreError {
+        match self.find_unlocked(job_id).await {
+            Ok(None) => StoreError::UnknownJob(job_id.clone()),
+            Ok(Some(job)) => match job.lease.check_writer(presented) {
+                Err(e) => e,
+                // The row changed between the update and this read.
+                Ok(()) => StoreError::StaleToken {
+                    presented,
+                    current: job.lease.fencing_token,
+                },
+            },
+            Err(e) => e.into(),
+        }
+    }
+
+    async fn leadership(tx: &mut Transaction<'static, DB>) -> AdapterResult<Leadership> {
+        let row = sqlx::query(DB::SELECT_LEADER_FOR_UPDATE)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot read the leadership", e))?;
+        let unreadable = |e: sqlx::Error| failure::<DB>("the leadership row is unreadable", e);
+        Ok(Leadership {
+            holder: row.try_get("holder").map_err(unreadable)?,
+            address: row.try_get("address").map_err(unreadable)?,
+            epoch: from_db(row.try_get::<i64, _>("epoch").map_err(unreadable)?),
+            expires_at_ms: from_db(row.try_get::<i64, _>("expires_at_ms").map_err(unreadable)?),
+        })
+    }
+}
+
+#[async_trait]
+impl<DB> JobStore for SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> Doc: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<Doc>: Encode<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'r> Doc: Decode<'r, DB>,
+    for<'r> String: Decode<'r, DB>,
+    for<'r> i64: Decode<'r, DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+{
+    async fn insert_job(&self, spec: &JobSpec) -> AdapterResult<InsertOutcome> {
+        let inserted = sqlx::query(sql::INSERT_QUEUED)
+            .bind(spec.job_id.0.as_str())
+            .bind(spec.client_id.as_str())
+            .bind(spec.client_job_id.as_str())
+            .bind(doc(spec))
+            .bind(to_db(spec.accepted_at_ms))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot insert a job", e))?;
+        if inserted.is_some() {
+            return Ok(InsertOutcome::Created);
+        }
+        self.existing(spec).await
+    }
+
+    async fn insert_done(
+        &self,
+        spec: &JobSpec,
+        result: &CrawlResult,
+    ) -> AdapterResult<InsertOutcome> {
+        let inserted = sqlx::query(sql::INSERT_DONE)
+            .bind(spec.job_id.0.as_str())
+            .bind(spec.client_id.as_str())
+            .bind(spec.client_job_id.as_str())
+            .bind(doc(spec))
+            .bind(to_db(spec.accepted_at_ms))
+            .bind(doc(result))
+            .bind(i64::from(count(result.page_count())))
+            .bind(i64::from(result.depth))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot insert a done job", e))?;
+        if inserted.is_some() {
+            return Ok(InsertOutcome::Created);
+        }
+        self.existing(spec).await
+    }
+
+    async fn acquire(
+        &self,
+        spec: &JobSpec,
+        master_id: &str,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> AdapterResult<AcquireOutcome> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(sql::INSERT_FROM_QUEUE)
+            .bind(spec.job_id.0.as_str())
+            .bind(spec.client_id.as_str())
+            .bind(spec.client_job_id.as_str())
+            .bind(doc(spec))
+            .bind(to_db(spec.accepted_at_ms))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot insert a job", e))?;
+        let job = Self::find_locked(&mut tx, &spec.job_id)
+            .await?
+            .ok_or_else(|| {
+                failure::<DB>(
+                    &format!("cannot acquire job {}", spec.job_id),
+                    "its client job id is taken by another job",
+                )
+            })?;
+        let lease = match job.lease.acquire(&spec.job_id, master_id, ttl, now_ms) {
+            AcquireRule::Grant(lease) => lease,
+            AcquireRule::AlreadyDone => {
+                return Ok(AcquireOutcome::AlreadyDone(Box::new(job.record())));
+            }
+            AcquireRule::HeldElsewhere {
+                master_id,
+                expires_at_ms,
+            } => {
+                return Ok(AcquireOutcome::HeldElsewhere {
+                    master_id,
+                    expires_at_ms,
+                });
+            }
+        };
+        let grant = Self::grant(&mut tx, &job, master_id, lease).await?;
+        Self::commit(tx, "a lease").await?;
+        Ok(AcquireOutcome::Granted(grant))
+    }
+
+    async fn heartbeat(
+        &self,
+        job_id: &JobId,
+        fencing_token: u64,
+        pages_done: u32,
+        current_depth: u32,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let expires_at_ms = expiry(now_ms, ttl);
+        let renewed = sqlx::query(sql::RENEW)
+            .bind(job_id.0.as_str())
+            .bind(to_db(fencing_token))
+            .bind(to_db(expires_at_ms))
+            .bind(i64::from(pages_done))
+            .bind(i64::from(current_depth))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot renew a lease", e))?;
+        if renewed.is_some() {
+            return Ok(expires_at_ms);
+        }
+        match self.find_unlocked(job_id).await? {
+            None => Err(StoreError::UnknownJob(job_id.clone())),
+            Some(job) => job.lease.heartbeat_refusal(fencing_token),
+        }
+    }
+
+    async fn complete(
+        &self,
+        job_id: &JobId,
+        fencing_token: u64,
+        outcome: &JobOutcome,
+        now_ms: u64,
+    ) -> Result<JobRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let job = Self::find_locked(&mut tx, job_id)
+            .await?
+            .ok_or_else(|| StoreError::UnknownJob(job_id.clone()))?;
+        job.lease.check_token(fencing_token)?;
+        if job.state.is_final() {
+            return Ok(job.record());
+        }
+        let done = job.completion(outcome, now_ms);
+        sqlx::query(sql::COMPLETE)
+            .bind(job_id.0.as_str())
+            .bind(done.state.as_str())
+            .bind(done.result.as_ref().map(doc))
+            .bind(done.failure.as_ref().map(doc))
+            .bind(i64::from(done.pages_done))
+            .bind(i64::from(done.current_depth))
+            .bind(to_db(done.elapsed_ms))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot complete a job", e))?;
+        // The result holds every page now; the checkpoint has served.
+        sqlx::query(sql::DELETE_LEVELS)
+            .bind(job_id.0.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot drop a checkpoint", e))?;
+        Self::commit(tx, "a completion").await?;
+        Ok(job.completed(done).record())
+    }
+
+    async fn get(&self, job_id: &JobId) -> AdapterResult<Option<JobRecord>> {
+        Ok(self.find_unlocked(job_id).await?.map(|job| job.record()))
+    }
+
+    async fn find_by_client(
+        &self,
+        client_id: &str,
+        client_job_id: &str,
+    ) -> AdapterResult<Option<JobRecord>> {
+        let row = sqlx::query(sql::SELECT_BY_CLIENT)
+            .bind(client_id)
+            .bind(client_job_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot read a job", e))?;
+        Ok(row
+            .as_ref()
+            .map(Self::decode)
+            .transpose()?
+            .map(|job| job.record()))
+    }
+
+    async fn claim_orphan(
+        &self,
+        master_id: &str,
+        exclude: &[JobId],
+        ttl: Duration,
+        now_ms: u64,
+    ) -> AdapterResult<Option<Takeover>> {
+        let mut tx = self.begin_write().await?;
+        let excluded: Vec<&str> = exclude.iter().map(|id| id.0.as_str()).collect();
+        let picked = sqlx::query(DB::PICK_ORPHAN)
+            .bind(to_db(now_ms))
+            .bind(doc(&excluded))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot look for orphans", e))?;
+        let Some(picked) = picked else {
+            return Ok(None);
+        };
+        let job_id = JobId(
+            picked
+                .try_get::<String, _>("job_id")
+                .map_err(|e| failure::<DB>("an orphan's id is unreadable", e))?,
+        );
+        let Some(job) = Self::find_locked(&mut tx, &job_id).await? else {
+            return Ok(None);
+        };
+        let Some(lease) = job.lease.takeover(&job_id, ttl, now_ms) else {
+            return Ok(None);
+        };
+        let grant = Self::grant(&mut tx, &job, master_id, lease).await?;
+        Self::commit(tx, "a takeover").await?;
+        Ok(Some(Takeover {
+            spec: job.spec,
+            grant,
+            previous_master: job.lease.master_id,
+        }))
+    }
+
+    async fn release(
+        &self,
+        job_id: &JobId,
+        fencing_token: u64,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let released = sqlx::query(sql::RELEASE)
+            .bind(job_id.0.as_str())
+            .bind(to_db(fencing_token))
+            .bind(to_db(now_ms))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot release a lease", e))?;
+        match released {
+            Some(_) => Ok(()),
+            None => Err(self.refusal(job_id, fencing_token).await),
+        }
+    }
+
+    async fn save_level(
+        &self,
+        job_id: &JobId,
+        fencing_token: u64,
+        level: &LevelDone,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let job = Self::find_locked(&mut tx, job_id)
+            .await?
+            .ok_or_else(|| StoreError::UnknownJob(job_id.clone()))?;
+        job.lease.check_writer(fencing_token)?;
+        let expected = job.checkpoint.as_ref().map_or(0, |head| head.levels_done);
+        if level.depth < expected {
+            return Ok(()); // saved already: a retry of a save that committed
+        }
+        if level.depth > expected {
+            return Err(StoreError::LevelOutOfOrder {
+                expected,
+                got: level.depth,
+            });
+        }
+        sqlx::query(sql::INSERT_LEVEL)
+            .bind(job_id.0.as_str())
+            .bind(i64::from(level.depth))
+            .bind(doc(&level.pages))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot save a level", e))?;
+        let head = CheckpointHead {
+            levels_done: level.depth + 1,
+            frontier: level.frontier.clone(),
+            truncated: level.truncated,
+            max_pages: level.max_pages,
+        };
+        sqlx::query(sql::SET_CHECKPOINT)
+            .bind(job_id.0.as_str())
+            .bind(doc(&head))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot save a checkpoint", e))?;
+        Self::commit(tx, "a level").await?;
+        Ok(())
+    }
+
+    async fn mark_published(&self, job_id: &JobId) -> AdapterResult<()> {
+        sqlx::query(sql::MARK_PUBLISHED)
+            .bind(job_id.0.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot mark a job published", e))?;
+        Ok(())
+    }
+
+    async fn claim_unpublished(
+        &self,
+        pending_before_ms: u64,
+        now_ms: u64,
+        limit: u32,
+    ) -> AdapterResult<Vec<JobSpec>> {
+        let rows = sqlx::query(DB::CLAIM_UNPUBLISHED)
+            .bind(to_db(pending_before_ms))
+            .bind(to_db(now_ms))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot read the outbox", e))?;
+        rows.iter()
+            .map(|row| {
+                let unreadable = |e: sqlx::Error| failure::<DB>("an outbox row is unreadable", e);
+                let spec_doc: Doc = row.try_get("spec").map_err(unreadable)?;
+                let mut spec: JobSpec = parse(engine::<DB>(), &spec_doc)?;
+                if let Some(key) = row
+                    .try_get::<Option<String>, _>("gateway_key")
+                    .map_err(unreadable)?
+                {
+                    spec.gateway_key = key;
+                }
+                Ok(spec)
+            })
+            .collect()
+    }
+
+    async fn reroute(&self, job_id: &JobId, gateway_key: &str) -> AdapterResult<()> {
+        sqlx::query(sql::REROUTE)
+            .bind(job_id.0.as_str())
+            .bind(gateway_key)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot reroute a job", e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<DB> Election for SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> Doc: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<Doc>: Encode<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'r> Doc: Decode<'r, DB>,
+    for<'r> String: Decode<'r, DB>,
+    for<'r> i64: Decode<'r, DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+{
+    async fn try_lead(
+        &self,
+        candidate: &str,
+        address: &str,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> AdapterResult<Leadership> {
+        let mut tx = self.begin_write().await?;
+        let current = Self::leadership(&mut tx).await?;
+        let unclaimed = current.holder.is_empty();
+        let Some(next) = Leadership::claim(
+            (!unclaimed).then_some(&current),
+            candidate,
+            address,
+            ttl,
+            now_ms,
+        ) else {
+            return Ok(current);
+        };
+        sqlx::query(sql::SET_LEADER)
+            .bind(next.holder.as_str())
+            .bind(next.address.as_str())
+            .bind(to_db(next.epoch))
+            .bind(to_db(next.expires_at_ms))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot write the leadership", e))?;
+        Self::commit(tx, "the leadership").await?;
+        Ok(next)
+    }
+
+    async fn resign(&self, candidate: &str) -> AdapterResult<()> {
+        sqlx::query(sql::RESIGN)
+            .bind(candidate)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot resign the leadership", e))?;
+        Ok(())
+    }
+}
