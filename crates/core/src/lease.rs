@@ -161,7 +161,8 @@ pub struct Leadership {
     pub holder: String,
     /// Where masters reach it.
     pub address: String,
-    /// Grows by one each time leadership passes to another replica.
+    /// One continuous leadership: grows by one each time the lead is taken
+    /// after it lapsed (or was resigned), whoever takes it.
     pub epoch: u64,
     pub expires_at_ms: u64,
 }
@@ -169,19 +170,21 @@ pub struct Leadership {
 impl Leadership {
     /// What the row becomes when `candidate` asks to lead at `now_ms`, or
     /// `None` when another replica's leadership is still live. The holder
-    /// renews its own; anyone takes over an expired one, with the next epoch.
+    /// renews its live lead; anyone, the last holder too, takes a lapsed one
+    /// with the next epoch.
     pub fn claim(
-        current: Option<&Self>,
+        current: &Self,
         candidate: &str,
         address: &str,
         ttl: Duration,
         now_ms: u64,
     ) -> Option<Self> {
-        let epoch = match current {
-            None => 1,
-            Some(row) if row.holder == candidate => row.epoch,
-            Some(row) if row.expires_at_ms <= now_ms => row.epoch + 1,
-            Some(_) => return None,
+        let epoch = if !current.is_live(now_ms) {
+            current.epoch + 1
+        } else if current.holder == candidate {
+            current.epoch
+        } else {
+            return None;
         };
         Some(Self {
             holder: candidate.to_string(),
@@ -324,16 +327,24 @@ mod tests {
 
     #[test]
     fn leadership_is_renewed_by_its_holder_and_taken_only_once_expired() {
-        let first = Leadership::claim(None, "a", "http://a", TTL, 1_000).unwrap();
+        let unclaimed = Leadership {
+            holder: String::new(),
+            address: String::new(),
+            epoch: 0,
+            expires_at_ms: 0,
+        };
+        let first = Leadership::claim(&unclaimed, "a", "http://a", TTL, 1_000).unwrap();
         assert_eq!((first.holder.as_str(), first.epoch), ("a", 1));
         assert_eq!(
-            Leadership::claim(Some(&first), "b", "http://b", TTL, 10_999),
+            Leadership::claim(&first, "b", "http://b", TTL, 10_999),
             None
         );
-        let renewed = Leadership::claim(Some(&first), "a", "http://a", TTL, 5_000).unwrap();
+        let renewed = Leadership::claim(&first, "a", "http://a", TTL, 5_000).unwrap();
         assert_eq!((renewed.epoch, renewed.expires_at_ms), (1, 15_000));
-        let taken = Leadership::claim(Some(&renewed), "b", "http://b", TTL, 15_000).unwrap();
+        let taken = Leadership::claim(&renewed, "b", "http://b", TTL, 15_000).unwrap();
         assert_eq!((taken.holder.as_str(), taken.epoch), ("b", 2));
         assert!(taken.is_live(24_999) && !taken.is_live(25_000));
+        let back = Leadership::claim(&taken, "b", "http://b", TTL, 25_000).unwrap();
+        assert_eq!(back.epoch, 3, "a lapsed lead taken back is a new epoch");
     }
 }

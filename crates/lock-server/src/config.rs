@@ -36,6 +36,11 @@ pub struct LockServerConfig {
     /// A new leader answers within this plus a third of it after the old one dies.
     #[arg(long, env = "LOCK_SERVER__LEADER_TTL_MS", default_value_t = 3_000)]
     pub leader_ttl_ms: u64,
+    /// How long a new leader waits before handing out orphaned jobs, so
+    /// masters whose heartbeats failed during the change renew first;
+    /// defaults to two leader TTLs.
+    #[arg(long, env = "LOCK_SERVER__TAKEOVER_GRACE_MS")]
+    pub takeover_grace_ms: Option<u64>,
     /// Log format: text or json.
     #[arg(long, env = "LOCK_SERVER__LOG_FORMAT", default_value = "text")]
     pub log_format: crawler_core::telemetry::LogFormat,
@@ -49,6 +54,9 @@ impl LockServerConfig {
         }
         replica.advertise_url = self.advertise_url.clone();
         replica.leader_ttl = Duration::from_millis(self.leader_ttl_ms);
+        replica.takeover_grace = self
+            .takeover_grace_ms
+            .map_or(replica.leader_ttl * 2, Duration::from_millis);
         replica
     }
 }

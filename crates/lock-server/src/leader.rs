@@ -7,7 +7,11 @@
 //! silent: 3 s + 1 s with the defaults.
 //!
 //! Followers refuse every call with `not_leader` and the leader's address,
-//! so masters go straight to it. Correctness never rests on there being one
+//! so masters go straight to it. A leader that took the lead after it had
+//! lapsed hands out no orphans for a grace (two leadership TTLs by
+//! default): leases that ran out while no replica could answer belong to
+//! masters that are alive and will heartbeat again, not to dead ones. The
+//! first leader of a new database has no such leases and no grace. Correctness never rests on there being one
 //! leader: every write is fenced in the database (see `crawler_core::lease`),
 //! so a paused ex-leader that answers one more call cannot break a job.
 
@@ -31,18 +35,21 @@ pub struct ReplicaSettings {
     pub advertise_url: Option<String>,
     /// How long a leadership lasts without renewal.
     pub leader_ttl: Duration,
+    /// How long a new leader waits before handing out orphans.
+    pub takeover_grace: Duration,
 }
 
 impl ReplicaSettings {
     pub const DEFAULT_LEADER_TTL: Duration = Duration::from_secs(3);
 
-    /// A replica with a random id and the default TTL: what a single lock
-    /// server (the embedded default, a test) needs.
+    /// A replica with a random id, the default TTL and a grace of two TTLs:
+    /// what a single lock server (the embedded default, a test) needs.
     pub fn single() -> Self {
         Self {
             id: format!("lock-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             advertise_url: None,
             leader_ttl: Self::DEFAULT_LEADER_TTL,
+            takeover_grace: Self::DEFAULT_LEADER_TTL * 2,
         }
     }
 }
@@ -51,6 +58,7 @@ pub struct Leader {
     id: String,
     address: String,
     ttl: Duration,
+    takeover_grace: Duration,
     election: Arc<dyn Election>,
     view: Mutex<View>,
 }
@@ -59,6 +67,8 @@ pub struct Leader {
 struct View {
     /// This replica answers until then (its own clock, ms since the epoch).
     leading_until_ms: u64,
+    /// Until then, this leader hands out no orphans.
+    takeovers_from_ms: u64,
     /// The leadership as last read.
     last: Option<Leadership>,
 }
@@ -69,6 +79,7 @@ impl Leader {
             id: settings.id.clone(),
             address,
             ttl: settings.leader_ttl,
+            takeover_grace: settings.takeover_grace,
             election,
             view: Mutex::default(),
         }
@@ -93,6 +104,13 @@ impl Leader {
             Ok(leadership) => {
                 let leading = leadership.holder == self.id;
                 if leading && !was_leading {
+                    view.takeovers_from_ms = if leadership.epoch > 1 {
+                        asked_at.saturating_add(
+                            u64::try_from(self.takeover_grace.as_millis()).unwrap_or(u64::MAX),
+                        )
+                    } else {
+                        0
+                    };
                     tracing::info!(replica = %self.id, epoch = leadership.epoch, "became the lock service leader");
                 } else if !leading && was_leading {
                     tracing::warn!(replica = %self.id, leader = %leadership.holder, "lost the lock service leadership");
@@ -128,6 +146,12 @@ impl Leader {
                 }
             }
         }
+    }
+
+    /// Whether orphans may be handed out: this replica has led for long
+    /// enough that every live master has renewed its lease with it.
+    pub fn takeovers_allowed(&self) -> bool {
+        crawler_core::now_ms() >= self.lock_view().takeovers_from_ms
     }
 
     pub fn is_leading(&self) -> bool {

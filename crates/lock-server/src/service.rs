@@ -114,6 +114,9 @@ impl LockService for LockGrpc {
         let r = request.into_inner();
         required(&r.master_id, "master_id")?;
         let ttl = ttl(r.ttl_ms)?;
+        if !self.leader.takeovers_allowed() {
+            return Ok(Response::new(v1::ClaimOrphanResponse { orphan: None }));
+        }
         let running: Vec<JobId> = r.running_job_ids.into_iter().map(JobId).collect();
         let takeover = self
             .store

@@ -287,6 +287,7 @@ async fn a_follower_names_the_leader_and_takes_over_when_it_stops() {
         id: id.into(),
         advertise_url: None,
         leader_ttl: Duration::from_millis(600),
+        takeover_grace: Duration::from_secs(600),
     };
     let (mut leader, stop_leader, leader_url) = replica(&store, settings("a")).await;
     let (mut follower, _stop_follower, _) = replica(&store, settings("b")).await;
@@ -336,4 +337,21 @@ async fn a_follower_names_the_leader_and_takes_over_when_it_stops() {
         second.fencing_token > first.fencing_token,
         "tokens keep rising across leaders"
     );
+
+    // A new leader hands out no orphan during its grace, however expired:
+    // masters that could not heartbeat during the change come back first.
+    follower
+        .release(v1::ReleaseRequest {
+            job_id: job.job_id.0.clone(),
+            fencing_token: second.fencing_token,
+        })
+        .await
+        .unwrap();
+    let claim = v1::ClaimOrphanRequest {
+        master_id: "m3".into(),
+        ttl_ms: 300,
+        running_job_ids: vec![],
+    };
+    let during_grace = follower.claim_orphan(claim).await.unwrap().into_inner();
+    assert_eq!(during_grace.orphan, None);
 }

@@ -42,6 +42,15 @@ pub async fn an_expired_leadership_passes_with_the_next_epoch(election: &dyn Ele
         .await
         .unwrap();
     assert_eq!(late, taken, "the old leader finds it has been replaced");
+    let lapsed = election
+        .try_lead("b", "http://b", TTL, taken.expires_at_ms)
+        .await
+        .unwrap();
+    assert_eq!(
+        lapsed.epoch,
+        taken.epoch + 1,
+        "a lapsed lead taken back starts an epoch"
+    );
 }
 
 pub async fn resigning_hands_the_lead_over_at_once(election: &dyn Election) {

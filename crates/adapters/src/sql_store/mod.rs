@@ -650,14 +650,7 @@ where
     ) -> AdapterResult<Leadership> {
         let mut tx = self.begin_write().await?;
         let current = Self::leadership(&mut tx).await?;
-        let unclaimed = current.holder.is_empty();
-        let Some(next) = Leadership::claim(
-            (!unclaimed).then_some(&current),
-            candidate,
-            address,
-            ttl,
-            now_ms,
-        ) else {
+        let Some(next) = Leadership::claim(&current, candidate, address, ttl, now_ms) else {
             return Ok(current);
         };
         sqlx::query(sql::SET_LEADER)
