@@ -163,7 +163,9 @@ async fn bad_input_gets_a_clear_error_and_the_connection_stays_usable() {
     client.send_json(&too_big).await;
     assert_eq!(client.error().await["code"], "message_too_large");
 
-    // The same connection still runs a valid job, and a reused id is refused clearly.
+    // The same connection still runs a valid job. The same request again
+    // attaches to it (a retry gets the result, not a second crawl); another
+    // request reusing its id is refused clearly.
     client.submit("valid", &url, 1).await;
     assert_sample_site_result(
         &client.result("valid").await,
@@ -171,9 +173,19 @@ async fn bad_input_gets_a_clear_error_and_the_connection_stays_usable() {
         1,
     );
     client.submit("valid", &url, 1).await;
+    assert_sample_site_result(
+        &client.result("valid").await,
+        &format!("http://{}", site.addr),
+        1,
+    );
+    client.submit("valid", &url, 2).await;
     assert_eq!(client.error().await["code"], "duplicate_job");
     assert_eq!(
         cluster.gateway_metric("gateway_jobs_published_total").await,
+        1
+    );
+    assert_eq!(
+        cluster.gateway_metric("gateway_jobs_attached_total").await,
         1
     );
 

@@ -55,6 +55,10 @@ pub struct GatewayConfig {
     /// Largest page cap a job may ask for.
     #[arg(long, env = "WS_GATEWAY__MAX_PAGES", default_value_t = 10_000)]
     pub max_pages: u32,
+    /// How long a recorded job may wait for its publish to be confirmed
+    /// before any gateway's outbox publishes it again, in milliseconds.
+    #[arg(long, env = "WS_GATEWAY__OUTBOX_GRACE_MS", default_value_t = 2_000)]
+    pub outbox_grace_ms: u64,
     /// Largest text frame accepted, in bytes.
     #[arg(long, env = "WS_GATEWAY__MAX_FRAME_BYTES", default_value_t = 256 * 1024)]
     pub max_frame_bytes: usize,
@@ -106,6 +110,10 @@ impl GatewayConfig {
             max_pages: self.max_pages,
             default_pages: self.default_max_pages,
         }
+    }
+
+    pub fn outbox_grace(&self) -> Duration {
+        Duration::from_millis(self.outbox_grace_ms)
     }
 
     pub fn resolve_timeout(&self) -> Duration {

@@ -6,6 +6,7 @@ pub mod config;
 mod connection;
 mod events;
 mod metrics;
+mod outbox;
 mod requests;
 mod routes;
 
@@ -48,6 +49,7 @@ pub struct AppState {
 pub struct Gateway {
     listener: TcpListener,
     state: AppState,
+    outbox_grace: Duration,
 }
 
 impl Gateway {
@@ -68,7 +70,11 @@ impl Gateway {
             metrics: Arc::default(),
             ready: Arc::default(),
         };
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            outbox_grace: config.outbox_grace(),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -87,12 +93,18 @@ impl Gateway {
             .route("/metrics", get(metrics))
             .with_state(self.state.clone());
         let events = tokio::spawn(events::route_events(self.state.clone(), shutdown.clone()));
+        let relay = tokio::spawn(outbox::relay(
+            self.state.clone(),
+            self.outbox_grace,
+            shutdown.clone(),
+        ));
         tracing::info!(%addr, gateway = %self.state.gateway_key, "gateway listening on ws://{addr}/ws");
         axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;
         shutdown.cancel();
         let _ = events.await;
+        let _ = relay.await;
         tracing::info!("gateway stopped");
         Ok(())
     }

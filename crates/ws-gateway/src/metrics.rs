@@ -9,6 +9,10 @@ pub struct Metrics {
     pub jobs_accepted: AtomicU64,
     /// Jobs sent to the `assigned` queue, i.e. to a master.
     pub jobs_published: AtomicU64,
+    /// Jobs the outbox published because their first publish failed or was lost.
+    pub jobs_republished: AtomicU64,
+    /// Resubmits of a job the client had submitted already, attached to it.
+    pub jobs_attached: AtomicU64,
     /// Jobs answered from the cache, without a master.
     pub cache_hits: AtomicU64,
     pub results_delivered: AtomicU64,
@@ -22,7 +26,7 @@ impl Metrics {
 
     pub fn render(&self, pending_jobs: usize) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, u64); 6] = [
+        let rows: [(&str, &str, u64); 8] = [
             (
                 "gateway_connections",
                 "gauge",
@@ -37,6 +41,16 @@ impl Metrics {
                 "gateway_jobs_published_total",
                 "counter",
                 self.jobs_published.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_jobs_republished_total",
+                "counter",
+                self.jobs_republished.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_jobs_attached_total",
+                "counter",
+                self.jobs_attached.load(Ordering::Relaxed),
             ),
             (
                 "gateway_cache_hits_total",

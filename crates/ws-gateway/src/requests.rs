@@ -12,6 +12,7 @@ use url::Url;
 
 use crate::AppState;
 use crate::metrics::Metrics;
+use crate::outbox;
 use crate::routes::ClientTx;
 
 type Refusal = (ErrorCode, String);
@@ -73,7 +74,7 @@ pub async fn submit(
                         ServerMessage::result(request.job_id, spec.url, result, true, elapsed),
                     ]
                 }
-                Ok(InsertOutcome::Exists(_)) => refuse(duplicate(&request.job_id)),
+                Ok(InsertOutcome::Exists(existing)) => attach(state, &spec, *existing, tx).await,
                 Err(e) => refuse((
                     ErrorCode::Unavailable,
                     format!("job store unavailable: {e}"),
@@ -86,14 +87,12 @@ pub async fn submit(
     }
 
     // Route before publishing, so even an instant result finds its connection.
-    state
-        .routes
-        .insert(spec.job_id.clone(), client_id.to_string(), tx.clone());
+    state.routes.insert(spec.job_id.clone(), tx.clone());
     match state.engines.store.insert_job(&spec).await {
         Ok(InsertOutcome::Created) => {}
-        Ok(InsertOutcome::Exists(_)) => {
+        Ok(InsertOutcome::Exists(existing)) => {
             state.routes.take(&spec.job_id);
-            return refuse(duplicate(&request.job_id));
+            return attach(state, &spec, *existing, tx).await;
         }
         Err(e) => {
             state.routes.take(&spec.job_id);
@@ -103,18 +102,63 @@ pub async fn submit(
             ));
         }
     }
-    let payload = serde_json::to_vec(&spec).expect("job specs serialise");
-    if let Err(e) = state.engines.queue.publish_job(payload).await {
-        state.routes.take(&spec.job_id);
-        return refuse((
-            ErrorCode::Unavailable,
-            format!("job queue unavailable: {e}"),
-        ));
+    // The job is durable from here, so it is accepted whatever the queue
+    // says: if this publish fails, the outbox publishes it later.
+    if let Err(e) = outbox::publish(state, &spec).await {
+        tracing::warn!(job_id = %spec.job_id, error = %e, "cannot publish the job now; the outbox will");
     }
-    Metrics::inc(&state.metrics.jobs_published);
     Metrics::inc(&state.metrics.jobs_accepted);
     tracing::info!(job_id = %spec.job_id, client_job_id = %request.job_id, url = %spec.url, depth = spec.depth, "job queued");
     vec![accepted]
+}
+
+/// A submit with a job id this client used before. The same request again
+/// (a retry after a lost answer or a reconnect) attaches to the job: the
+/// client gets `accepted`, then the result, here. A different request with
+/// that id is a mistake, refused as `duplicate_job`.
+async fn attach(
+    state: &AppState,
+    asked: &JobSpec,
+    existing: JobRecord,
+    tx: &ClientTx,
+) -> Vec<ServerMessage> {
+    let same_request = existing.spec.url == asked.url
+        && existing.spec.depth == asked.depth
+        && existing.spec.options == asked.options;
+    if !same_request {
+        return vec![ServerMessage::error(
+            Some(asked.client_job_id.clone()),
+            ErrorCode::DuplicateJob,
+            duplicate(&asked.client_job_id).1,
+        )];
+    }
+    Metrics::inc(&state.metrics.jobs_attached);
+    let accepted = ServerMessage::Accepted {
+        job_id: existing.spec.client_job_id.clone(),
+        url: existing.spec.url.clone(),
+        depth: existing.spec.depth,
+    };
+    if existing.state.is_final() {
+        return vec![accepted, record_message(existing)];
+    }
+    follow(state, &existing, tx).await;
+    vec![accepted]
+}
+
+/// Sends a running job's events to this connection: through this gateway's
+/// routes, and, when another gateway accepted the job, by pointing the job
+/// at this gateway in the store, where its master reads where to publish.
+async fn follow(state: &AppState, record: &JobRecord, tx: &ClientTx) {
+    state.routes.insert(record.spec.job_id.clone(), tx.clone());
+    if record.spec.gateway_key != state.gateway_key
+        && let Err(e) = state
+            .engines
+            .store
+            .reroute(&record.spec.job_id, &state.gateway_key)
+            .await
+    {
+        tracing::warn!(job_id = %record.spec.job_id, error = %e, "cannot point the job at this gateway; `status` still answers");
+    }
 }
 
 fn duplicate(job_id: &str) -> Refusal {
@@ -183,7 +227,7 @@ pub async fn status(
         Ok(Some(record)) => {
             if !record.state.is_final() {
                 // The client may be on a new connection: send the result there.
-                state.routes.reattach(&record.spec.job_id, client_id, tx);
+                follow(state, &record, tx).await;
             }
             record_message(record)
         }

@@ -13,46 +13,33 @@ use tokio::sync::mpsc;
 
 pub type ClientTx = mpsc::Sender<ServerMessage>;
 
-struct Route {
-    client_id: String,
-    tx: ClientTx,
-}
-
+/// The connection each pending job's events go to. A job's own client is
+/// the only one that can route it (jobs are found by client id), so a new
+/// route for a job replaces the old one: the client reconnected.
 #[derive(Default)]
 pub struct Routes {
-    inner: Mutex<HashMap<JobId, Route>>,
+    inner: Mutex<HashMap<JobId, ClientTx>>,
 }
 
 impl Routes {
-    pub fn insert(&self, job_id: JobId, client_id: String, tx: ClientTx) {
-        self.lock().insert(job_id, Route { client_id, tx });
+    pub fn insert(&self, job_id: JobId, tx: ClientTx) {
+        self.lock().insert(job_id, tx);
     }
 
     /// Takes the route for a final message; `None` when it was delivered already.
     pub fn take(&self, job_id: &JobId) -> Option<ClientTx> {
-        self.lock().remove(job_id).map(|r| r.tx)
+        self.lock().remove(job_id)
     }
 
     pub fn peek(&self, job_id: &JobId) -> Option<ClientTx> {
-        self.lock().get(job_id).map(|r| r.tx.clone())
-    }
-
-    /// Points a pending job at the client's new connection (after a reconnect).
-    pub fn reattach(&self, job_id: &JobId, client_id: &str, tx: &ClientTx) -> bool {
-        match self.lock().get_mut(job_id) {
-            Some(route) if route.client_id == client_id => {
-                route.tx = tx.clone();
-                true
-            }
-            _ => false,
-        }
+        self.lock().get(job_id).cloned()
     }
 
     pub fn pending(&self) -> usize {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Route>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, ClientTx>> {
         self.inner.lock().expect("routes lock poisoned")
     }
 }
