@@ -1,8 +1,11 @@
 //! Helpers for the end-to-end tests: a websocket client that waits on
 //! messages with deadlines, service processes whose bound address is read
-//! from their logs, and a cluster of them on the real engines.
+//! from their logs, a cluster of them on the real engines, a TCP proxy that
+//! injects network faults, and a test site whose levels the test knows.
 
 pub mod processes;
+pub mod proxy;
+pub mod site;
 pub mod ws;
 
 use serde_json::Value;

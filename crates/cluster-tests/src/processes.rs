@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::proxy::FaultProxy;
+
 /// Where the engines are; overridable for machines that run them elsewhere.
 pub struct EngineUrls {
     pub amqp: String,
@@ -122,11 +124,42 @@ impl Service {
 
     /// Asks the service to stop gracefully (SIGTERM).
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Freezes the service (SIGSTOP): its sockets stay open, it answers nothing.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws a frozen service (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "cannot signal {}", self.name);
+        assert!(status.success(), "cannot send SIG{name} to {}", self.name);
+    }
+
+    /// Waits (with a deadline) until the process has exited by itself.
+    pub async fn wait_for_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the child") {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} did not exit",
+                self.name
+            );
+            tick.tick().await;
+        }
     }
 
     /// Log lines containing `needle`, so far.
@@ -161,24 +194,98 @@ impl Drop for Service {
     }
 }
 
+/// How a test cluster is made up.
+#[derive(Default)]
+pub struct ClusterSpec {
+    pub lock_servers: usize,
+    pub masters: usize,
+    pub workers: usize,
+    pub lock_args: Vec<String>,
+    pub master_args: Vec<String>,
+    pub worker_args: Vec<String>,
+    /// Masters reach each lock server through a [`FaultProxy`].
+    pub lock_proxies: bool,
+    /// The gateway reaches RabbitMQ through a [`FaultProxy`].
+    pub gateway_amqp_proxy: bool,
+}
+
+impl ClusterSpec {
+    pub fn new(masters: usize, workers: usize) -> Self {
+        Self {
+            lock_servers: 1,
+            masters,
+            workers,
+            ..Self::default()
+        }
+    }
+
+    pub fn lock_servers(mut self, n: usize) -> Self {
+        self.lock_servers = n;
+        self
+    }
+
+    pub fn lock_args(mut self, args: &[&str]) -> Self {
+        self.lock_args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    pub fn master_args(mut self, args: &[&str]) -> Self {
+        self.master_args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    pub fn worker_args(mut self, args: &[&str]) -> Self {
+        self.worker_args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    pub fn lock_proxies(mut self) -> Self {
+        self.lock_proxies = true;
+        self
+    }
+
+    pub fn gateway_amqp_proxy(mut self) -> Self {
+        self.gateway_amqp_proxy = true;
+        self
+    }
+
+    pub async fn start(self) -> Cluster {
+        Cluster::from_spec(self).await
+    }
+}
+
 /// Separate lock-server, master, worker and gateway processes on the real engines.
 pub struct Cluster {
     pub namespace: String,
     pub engines: EngineUrls,
     pub database: String,
-    pub lock: Service,
+    /// Lock-server replicas; the first one started leads.
+    pub locks: Vec<Service>,
     pub masters: Vec<Service>,
     pub workers: Vec<Service>,
     pub gateway: Service,
+    /// One per lock server, when the spec asked for them.
+    pub lock_proxies: Vec<FaultProxy>,
+    pub gateway_amqp_proxy: Option<FaultProxy>,
+    lock_args: Vec<String>,
 }
 
 impl Cluster {
+    /// A cluster of one lock server and the given masters and workers.
     pub async fn start(
         masters: usize,
         workers: usize,
         master_args: &[&str],
         worker_args: &[&str],
     ) -> Self {
+        ClusterSpec::new(masters, workers)
+            .master_args(master_args)
+            .worker_args(worker_args)
+            .start()
+            .await
+    }
+
+    async fn from_spec(spec: ClusterSpec) -> Self {
         let engines = EngineUrls::from_env();
         let namespace = format!("test-{}", uuid::Uuid::new_v4().simple());
         let (store, database) = crawler_adapters::PgStore::connect_fresh(&engines.postgres_server)
@@ -188,25 +295,28 @@ impl Cluster {
         let database_url = format!("{}/{database}", engines.postgres_server);
         let s = |v: &str| v.to_string();
 
-        let lock = Service::start(
-            "lock-server",
-            "lock-server",
-            &[
-                s("--listen"),
-                s("127.0.0.1:0"),
-                s("--database-url"),
-                database_url.clone(),
-            ],
-            true,
-        )
-        .await;
+        let mut locks = Vec::new();
+        for i in 0..spec.lock_servers.max(1) {
+            locks.push(start_lock(i, "127.0.0.1:0", &database_url, &spec.lock_args).await);
+        }
+        let mut lock_proxies = Vec::new();
+        let mut lock_urls = Vec::new();
+        for lock in &locks {
+            if spec.lock_proxies {
+                let proxy = FaultProxy::start(lock.addr().parse().expect("a socket address")).await;
+                lock_urls.push(format!("http://{}", proxy.addr()));
+                lock_proxies.push(proxy);
+            } else {
+                lock_urls.push(format!("http://{}", lock.addr()));
+            }
+        }
         let mut master_services = Vec::new();
-        for i in 0..masters {
+        for i in 0..spec.masters {
             let mut args = vec![
                 s("--listen"),
                 s("127.0.0.1:0"),
                 s("--lock-server"),
-                format!("http://{}", lock.addr()),
+                lock_urls.join(","),
                 s("--amqp-url"),
                 engines.amqp.clone(),
                 s("--redis-url"),
@@ -216,7 +326,7 @@ impl Cluster {
                 s("--master-id"),
                 format!("master-{i}"),
             ];
-            args.extend(master_args.iter().map(|a| a.to_string()));
+            args.extend(spec.master_args.iter().cloned());
             master_services
                 .push(Service::start(&format!("master-{i}"), "master", &args, true).await);
         }
@@ -224,10 +334,19 @@ impl Cluster {
             .iter()
             .map(|m| format!("http://{}", m.addr()))
             .collect();
+        let worker_args: Vec<&str> = spec.worker_args.iter().map(String::as_str).collect();
         let mut worker_services = Vec::new();
-        for i in 0..workers {
-            worker_services.push(start_worker(i, &master_urls, worker_args).await);
+        for i in 0..spec.workers {
+            worker_services.push(start_worker(i, &master_urls, &worker_args).await);
         }
+        let gateway_amqp_proxy = match spec.gateway_amqp_proxy {
+            true => Some(FaultProxy::start(amqp_socket(&engines.amqp)).await),
+            false => None,
+        };
+        let gateway_amqp = match &gateway_amqp_proxy {
+            Some(proxy) => via(&engines.amqp, proxy.addr()),
+            None => engines.amqp.clone(),
+        };
         let gateway = Service::start(
             "ws-gateway",
             "ws-gateway",
@@ -235,7 +354,7 @@ impl Cluster {
                 s("--listen"),
                 s("127.0.0.1:0"),
                 s("--amqp-url"),
-                engines.amqp.clone(),
+                gateway_amqp,
                 s("--redis-url"),
                 engines.redis.clone(),
                 s("--database-url"),
@@ -252,10 +371,13 @@ impl Cluster {
             namespace,
             engines,
             database,
-            lock,
+            locks,
             masters: master_services,
             workers: worker_services,
             gateway,
+            lock_proxies,
+            gateway_amqp_proxy,
+            lock_args: spec.lock_args,
         };
         cluster.wait_until_ready().await;
         cluster
@@ -270,6 +392,35 @@ impl Cluster {
             .collect();
         let worker = start_worker(self.workers.len() + 100, &master_urls, worker_args).await;
         self.workers.push(worker);
+    }
+
+    /// Starts lock server `i` again on its old address, after it was killed.
+    pub async fn restart_lock(&mut self, i: usize) {
+        let addr = self.locks[i].addr().to_string();
+        self.locks[i].kill();
+        let database_url = self.database_url();
+        self.locks[i] = start_lock(i, &addr, &database_url, &self.lock_args).await;
+    }
+
+    pub fn database_url(&self) -> String {
+        format!("{}/{}", self.engines.postgres_server, self.database)
+    }
+
+    /// The index of the master whose log holds `needle`, waiting (with a
+    /// deadline) until one does.
+    pub async fn master_that_logged(&self, needle: &str) -> usize {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            if let Some(i) = self.masters.iter().position(|m| m.count_log(needle) > 0) {
+                return i;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no master logged `{needle}`"
+            );
+            tick.tick().await;
+        }
     }
 
     /// Ready: every worker registered with every master, the gateway subscribed.
@@ -319,12 +470,16 @@ impl Cluster {
             namespace,
             engines,
             database,
-            lock,
+            locks,
             masters,
             workers,
             gateway,
+            lock_proxies,
+            gateway_amqp_proxy,
+            lock_args: _,
         } = self;
-        drop((gateway, workers, masters, lock));
+        drop((gateway, workers, masters, locks));
+        drop((lock_proxies, gateway_amqp_proxy));
         if let Ok(queue) =
             crawler_adapters::RabbitQueue::connect(&engines.amqp, &namespace, Default::default())
                 .await
@@ -334,6 +489,43 @@ impl Cluster {
         }
         let _ = crawler_adapters::PgStore::drop_database(&engines.postgres_server, &database).await;
     }
+}
+
+async fn start_lock(i: usize, listen: &str, database_url: &str, extra: &[String]) -> Service {
+    let mut args: Vec<String> = [
+        "--listen",
+        listen,
+        "--database-url",
+        database_url,
+        "--id",
+        &format!("lock-{i}"),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().cloned());
+    Service::start(&format!("lock-{i}"), "lock-server", &args, true).await
+}
+
+/// The host and port of an `amqp://` URL.
+fn amqp_socket(amqp_url: &str) -> std::net::SocketAddr {
+    let url = url::Url::parse(amqp_url).expect("a valid AMQP URL");
+    let host = url.host_str().expect("an AMQP host");
+    let port = url.port().unwrap_or(5672);
+    std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .expect("resolve the AMQP host")
+        .next()
+        .expect("an address")
+}
+
+/// `amqp_url` pointed at `addr` instead of its own host and port.
+fn via(amqp_url: &str, addr: std::net::SocketAddr) -> String {
+    let mut url = url::Url::parse(amqp_url).expect("a valid AMQP URL");
+    url.set_host(Some(&addr.ip().to_string()))
+        .expect("an AMQP URL has a host");
+    url.set_port(Some(addr.port()))
+        .expect("an AMQP URL has a port");
+    url.to_string()
 }
 
 async fn start_worker(i: usize, master_urls: &[String], worker_args: &[&str]) -> Service {

@@ -8,7 +8,7 @@ use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
 use cluster_tests::levels_of;
-use cluster_tests::processes::{Cluster, Service};
+use cluster_tests::processes::Cluster;
 use cluster_tests::ws::WsClient;
 use crawler_core::ports::JobQueue;
 use tokio::sync::{Notify, watch};
@@ -119,12 +119,12 @@ async fn heartbeats_record_progress_that_status_reports_while_the_job_runs() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    cluster.lock.wait_for_log("lease granted", 1).await;
+    cluster.locks[0].wait_for_log("lease granted", 1).await;
     site.open.send_replace(true);
     let result = client.result("J").await;
     assert_eq!(levels_of(&result).concat().len(), 2);
     assert_eq!(
-        cluster.lock.count_log("lease granted"),
+        cluster.locks[0].count_log("lease granted"),
         1,
         "the lease never lapsed to another grant"
     );
@@ -166,27 +166,14 @@ async fn a_lock_server_outage_delays_jobs_without_losing_them() {
     let mut cluster = Cluster::start(1, 1, &[], &[]).await;
     let site = gated_site().await;
     site.open.send_replace(true);
-    let lock_addr = cluster.lock.addr().to_string();
-    let database_url = format!("{}/{}", cluster.engines.postgres_server, cluster.database);
-    cluster.lock.kill();
+    cluster.locks[0].kill();
 
     let mut client = WsClient::connect(&cluster.ws_url()).await;
     client.submit("J", &format!("{}/", site.base), 1).await;
     // More failed attempts than the queue's delivery limit (5): the job must
     // still not be dead-lettered, because the master holds it instead of requeueing.
     cluster.masters[0].wait_for_log("call=acquire", 6).await;
-    cluster.lock = Service::start(
-        "lock-server",
-        "lock-server",
-        &[
-            "--listen".into(),
-            lock_addr,
-            "--database-url".into(),
-            database_url,
-        ],
-        true,
-    )
-    .await;
+    cluster.restart_lock(0).await;
     let result = client.result("J").await;
     assert_eq!(levels_of(&result).concat().len(), 2);
     assert_eq!(cluster.queue().await.dead_letter_count().await.unwrap(), 0);

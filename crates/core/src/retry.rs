@@ -163,19 +163,24 @@ pub trait Transient {
 }
 
 /// A gRPC call is worth repeating when the peer could not be reached or did
-/// not answer in time, or went away mid-call; never when it judged the
-/// request (invalid argument, failed precondition, not found, ...).
+/// not answer in time, or the connection failed under it; never when the
+/// peer judged the request (invalid argument, failed precondition, ...).
+///
+/// A status made on this side from a transport failure carries that failure
+/// as its source, whatever code tonic gave it (an HTTP/2 protocol error on
+/// a dying connection is `Internal`); a status the peer sent never does.
 impl Transient for tonic::Status {
     fn is_transient(&self) -> bool {
         use tonic::Code;
-        matches!(
-            self.code(),
-            Code::Unavailable
-                | Code::DeadlineExceeded
-                | Code::ResourceExhausted
-                | Code::Cancelled
-                | Code::Unknown
-        )
+        std::error::Error::source(self).is_some()
+            || matches!(
+                self.code(),
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+                    | Code::Cancelled
+                    | Code::Unknown
+            )
     }
 }
 
@@ -301,6 +306,17 @@ mod tests {
             .retry(&cancel, || async { Err(Failure(true)) }, |_, _| {})
             .await;
         assert!(matches!(outcome, Err(RetryError::Cancelled)));
+    }
+
+    #[test]
+    fn a_transport_failure_is_transient_whatever_its_code() {
+        // What a client sees when the connection dies mid-call.
+        let broken =
+            tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::PROTOCOL_ERROR)));
+        assert_eq!(broken.code(), tonic::Code::Internal);
+        assert!(broken.is_transient(), "{broken:?}");
+        // The same code sent by the peer is its judgement.
+        assert!(!tonic::Status::internal("the peer says: a bug").is_transient());
     }
 
     #[test]

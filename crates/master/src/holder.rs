@@ -106,6 +106,7 @@ impl LeaseHolder {
     /// makes it give up.
     pub async fn complete(self, outcome: v1::complete_request::Outcome) -> Completed {
         self.saver.abort(); // the result holds every level; the checkpoint is moot
+        tracing::info!(job_id = %self.job_id, token = self.token, "completing the job");
         let stored = self.store(outcome).await;
         match stored {
             Err(RetryError::Permanent(status))

@@ -65,6 +65,7 @@ pub async fn handle_delivery(ctx: Arc<JobContext>, delivery: Delivery) {
         }
     };
     let job_id = spec.job_id.clone();
+    tracing::info!(%job_id, redelivered = delivery.redelivered, "job received; acquiring its lease");
     let request = v1::AcquireRequest {
         job: Some((&spec).into()),
         master_id: ctx.master_id.clone(),

@@ -104,11 +104,15 @@ pub async fn submit(
     }
     // The job is durable from here, so it is accepted whatever the queue
     // says: if this publish fails, the outbox publishes it later.
-    if let Err(e) = outbox::publish(state, &spec).await {
-        tracing::warn!(job_id = %spec.job_id, error = %e, "cannot publish the job now; the outbox will");
-    }
+    let published = match outbox::publish(state, &spec).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(job_id = %spec.job_id, error = %e, "cannot publish the job now; the outbox will");
+            false
+        }
+    };
     Metrics::inc(&state.metrics.jobs_accepted);
-    tracing::info!(job_id = %spec.job_id, client_job_id = %request.job_id, url = %spec.url, depth = spec.depth, "job queued");
+    tracing::info!(job_id = %spec.job_id, client_job_id = %request.job_id, url = %spec.url, depth = spec.depth, published, "job accepted");
     vec![accepted]
 }
 

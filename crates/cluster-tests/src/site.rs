@@ -1,0 +1,193 @@
+//! A website served by the test itself on loopback: a tree of pages whose
+//! links the test knows, so it knows the levels a crawl must return; a count
+//! of requests per page, to prove what was fetched twice; and a gate that
+//! holds the pages of one depth until the test opens it, so a fault can be
+//! injected in the middle of a level.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{OriginalUri, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use tokio::sync::{Notify, watch};
+
+/// The pages of a tree-shaped site: `/`, its children `/p0`..., their
+/// children `/p0/p0`..., with `fanout[d]` children for each page at depth d.
+#[derive(Debug, Clone)]
+pub struct SitePlan {
+    /// Path -> depth and the paths it links to.
+    pages: BTreeMap<String, (u32, Vec<String>)>,
+    gated_depth: Option<u32>,
+}
+
+impl SitePlan {
+    pub fn tree(fanout: &[usize]) -> Self {
+        let mut pages = BTreeMap::new();
+        let mut level = vec!["/".to_string()];
+        for (depth, &n) in fanout.iter().enumerate() {
+            let mut next = Vec::new();
+            for parent in &level {
+                let stem = parent.trim_end_matches('/');
+                let children: Vec<String> = (0..n).map(|i| format!("{stem}/p{i}")).collect();
+                next.extend(children.iter().cloned());
+                pages.insert(parent.clone(), (depth as u32, children));
+            }
+            level = next;
+        }
+        for leaf in level {
+            pages.insert(leaf, (fanout.len() as u32, Vec::new()));
+        }
+        Self {
+            pages,
+            gated_depth: None,
+        }
+    }
+
+    /// Pages at `depth` answer only once the test opens the gate.
+    pub fn gate_depth(mut self, depth: u32) -> Self {
+        self.gated_depth = Some(depth);
+        self
+    }
+
+    /// Paths at `depth`.
+    pub fn paths_at(&self, depth: u32) -> Vec<String> {
+        self.pages
+            .iter()
+            .filter(|(_, (d, _))| *d == depth)
+            .map(|(path, _)| path.clone())
+            .collect()
+    }
+}
+
+struct Shared {
+    plan: SitePlan,
+    hits: Mutex<HashMap<String, usize>>,
+    gate: watch::Receiver<bool>,
+    gated_arrivals: Mutex<usize>,
+    arrived: Notify,
+}
+
+pub struct TestSite {
+    pub base: String,
+    shared: Arc<Shared>,
+    gate: watch::Sender<bool>,
+}
+
+impl TestSite {
+    pub async fn serve(plan: SitePlan) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the test site");
+        let base = format!("http://{}", listener.local_addr().expect("bound"));
+        let (gate, gate_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            plan,
+            hits: Mutex::default(),
+            gate: gate_rx,
+            gated_arrivals: Mutex::new(0),
+            arrived: Notify::new(),
+        });
+        let app = Router::new().fallback(page).with_state(shared.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { base, shared, gate }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Requests that arrived for `path`.
+    pub fn hits(&self, path: &str) -> usize {
+        self.shared
+            .hits
+            .lock()
+            .expect("hits")
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The levels a crawl from `/` to `depth` must return.
+    pub fn levels(&self, depth: u32) -> Vec<Vec<String>> {
+        (0..=depth)
+            .map(|d| {
+                let mut urls: Vec<String> = self
+                    .shared
+                    .plan
+                    .paths_at(d)
+                    .iter()
+                    .map(|p| self.url(p))
+                    .collect();
+                urls.sort();
+                urls
+            })
+            .filter(|level| !level.is_empty())
+            .collect()
+    }
+
+    pub fn plan(&self) -> &SitePlan {
+        &self.shared.plan
+    }
+
+    pub fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// Waits (with a deadline) until `n` requests for gated pages arrived.
+    pub async fn gated_requests(&self, n: usize) {
+        let wait = async {
+            loop {
+                let arrived = self.shared.arrived.notified();
+                if *self.shared.gated_arrivals.lock().expect("arrivals") >= n {
+                    return;
+                }
+                arrived.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .unwrap_or_else(|_| panic!("{n} gated requests never arrived"));
+    }
+}
+
+async fn page(State(site): State<Arc<Shared>>, OriginalUri(uri): OriginalUri) -> Response {
+    let path = uri.path().to_string();
+    *site
+        .hits
+        .lock()
+        .expect("hits")
+        .entry(path.clone())
+        .or_default() += 1;
+    let Some((depth, links)) = site.plan.pages.get(&path).cloned() else {
+        return (StatusCode::NOT_FOUND, "no such page").into_response();
+    };
+    if site.plan.gated_depth == Some(depth) {
+        *site.gated_arrivals.lock().expect("arrivals") += 1;
+        site.arrived.notify_waiters();
+        let mut gate = site.gate.clone();
+        let _ = gate.wait_for(|open| *open).await;
+    }
+    let anchors: String = links
+        .iter()
+        .map(|link| format!(r#"<a href="{link}">{link}</a> "#))
+        .collect();
+    Html(format!("<title>{path}</title>{anchors}")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_plan_has_the_pages_its_fanout_says() {
+        let plan = SitePlan::tree(&[2, 3]);
+        assert_eq!(plan.paths_at(0), ["/"]);
+        assert_eq!(plan.paths_at(1), ["/p0", "/p1"]);
+        assert_eq!(plan.paths_at(2).len(), 6);
+        assert!(plan.paths_at(2).contains(&"/p1/p2".to_string()));
+        assert_eq!(plan.pages["/p0"].1, ["/p0/p0", "/p0/p1", "/p0/p2"]);
+    }
+}

@@ -1,0 +1,116 @@
+//! A master that dies (SIGKILL) or stops (SIGTERM) in the middle of a crawl:
+//! another master takes the job over and continues from the last completed
+//! level, and the client gets exactly one result, the one an undisturbed
+//! crawl gives.
+
+use std::time::{Duration, Instant};
+
+use cluster_tests::levels_of;
+use cluster_tests::processes::{Cluster, ClusterSpec};
+use cluster_tests::site::{SitePlan, TestSite};
+use cluster_tests::ws::WsClient;
+use crawler_core::ports::JobQueue;
+
+/// `/` links 3 pages, each links 2: a depth-2 crawl has levels of 1, 3 and 6
+/// pages. Level 2 waits for the gate, so the test can act in its middle.
+async fn site() -> TestSite {
+    TestSite::serve(SitePlan::tree(&[3, 2]).gate_depth(2)).await
+}
+
+/// The job is in level 2, and levels 0 and 1 are durable in the store.
+async fn crawl_in_level_two(cluster: &Cluster, site: &TestSite, client: &mut WsClient) -> usize {
+    client.submit("J", &site.url("/"), 2).await;
+    site.gated_requests(1).await;
+    cluster.locks[0].wait_for_log("level saved", 2).await;
+    cluster.master_that_logged("crawl started").await
+}
+
+/// Exactly the undisturbed result; levels 0 and 1 fetched once each.
+async fn assert_resumed_result(cluster: &Cluster, site: &TestSite, client: &mut WsClient) {
+    let result = client.result("J").await;
+    assert_eq!(levels_of(&result), site.levels(2));
+    assert_eq!(result["pages"].as_array().unwrap().len(), 1 + 3 + 6);
+    for depth in 0..=1 {
+        for path in site.plan().paths_at(depth) {
+            assert_eq!(
+                site.hits(&path),
+                1,
+                "{path} of a completed level was fetched again"
+            );
+        }
+    }
+    assert_eq!(
+        cluster
+            .masters
+            .iter()
+            .map(|m| m.count_log("crawl finished"))
+            .sum::<usize>(),
+        1,
+        "one completion"
+    );
+    assert_eq!(cluster.queue().await.dead_letter_count().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_mid_level_is_taken_over_from_its_last_level() {
+    let mut cluster = ClusterSpec::new(2, 2).start().await;
+    let site = site().await;
+    let mut client = WsClient::connect(&cluster.ws_url()).await;
+    let holder = crawl_in_level_two(&cluster, &site, &mut client).await;
+    let heir = 1 - holder;
+
+    let killed = Instant::now();
+    cluster.masters[holder].kill();
+    cluster.masters[heir]
+        .wait_for_log("took over an orphaned job", 1)
+        .await;
+    let takeover = killed.elapsed();
+    println!(
+        "takeover after SIGKILL: {:.2} s (kill to new grant)",
+        takeover.as_secs_f64()
+    );
+    assert!(
+        takeover < Duration::from_secs(5),
+        "took {takeover:?}; the defaults promise 5 s"
+    );
+    assert_eq!(
+        cluster.masters[heir].count_log("levels_done=2 pages_kept=4"),
+        1,
+        "it continues from level 2 with the 4 pages of levels 0 and 1"
+    );
+
+    site.open_gate();
+    assert_resumed_result(&cluster, &site, &mut client).await;
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_stopped_with_sigterm_hands_its_job_over_at_once() {
+    let mut cluster = ClusterSpec::new(2, 2).start().await;
+    let site = site().await;
+    let mut client = WsClient::connect(&cluster.ws_url()).await;
+    let holder = crawl_in_level_two(&cluster, &site, &mut client).await;
+    let heir = 1 - holder;
+
+    let stopped = Instant::now();
+    cluster.masters[holder].terminate();
+    cluster.masters[heir]
+        .wait_for_log("took over an orphaned job", 1)
+        .await;
+    let handover = stopped.elapsed();
+    println!("handover after SIGTERM: {:.2} s", handover.as_secs_f64());
+    assert!(
+        handover < Duration::from_secs(2),
+        "took {handover:?}; a graceful stop promises 2 s"
+    );
+    let status = cluster.masters[holder].wait_for_exit().await;
+    assert!(status.success(), "a graceful stop exits cleanly: {status}");
+    assert_eq!(
+        cluster.masters[holder].count_log("lease released for handover"),
+        1
+    );
+
+    site.open_gate();
+    assert_resumed_result(&cluster, &site, &mut client).await;
+    cluster.cleanup().await;
+}
