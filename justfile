@@ -19,6 +19,8 @@ lint:
 
 # Benchmarks: they print figures and ratios against a peer measured in the same run.
 bench:
+    cargo build --release --workspace --bins
+    cargo bench -p cluster-tests --bench takeover
     cargo bench -p file-sync --bench sync_bench
 
 # Everything a change must pass.

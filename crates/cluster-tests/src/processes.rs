@@ -268,6 +268,7 @@ pub struct Cluster {
     pub lock_proxies: Vec<FaultProxy>,
     pub gateway_amqp_proxy: Option<FaultProxy>,
     lock_args: Vec<String>,
+    master_restart_args: Vec<Vec<String>>,
 }
 
 impl Cluster {
@@ -310,11 +311,10 @@ impl Cluster {
                 lock_urls.push(format!("http://{}", lock.addr()));
             }
         }
-        let mut master_services = Vec::new();
-        for i in 0..spec.masters {
+        let master_args = |i: usize, listen: &str| {
             let mut args = vec![
                 s("--listen"),
-                s("127.0.0.1:0"),
+                s(listen),
                 s("--lock-server"),
                 lock_urls.join(","),
                 s("--amqp-url"),
@@ -327,9 +327,20 @@ impl Cluster {
                 format!("master-{i}"),
             ];
             args.extend(spec.master_args.iter().cloned());
+            args
+        };
+        let mut master_services = Vec::new();
+        for i in 0..spec.masters {
+            let args = master_args(i, "127.0.0.1:0");
             master_services
                 .push(Service::start(&format!("master-{i}"), "master", &args, true).await);
         }
+        // A restarted master keeps its address (workers know masters by it).
+        let master_restart_args: Vec<Vec<String>> = master_services
+            .iter()
+            .enumerate()
+            .map(|(i, m)| master_args(i, m.addr()))
+            .collect();
         let master_urls: Vec<String> = master_services
             .iter()
             .map(|m| format!("http://{}", m.addr()))
@@ -378,9 +389,21 @@ impl Cluster {
             lock_proxies,
             gateway_amqp_proxy,
             lock_args: spec.lock_args,
+            master_restart_args,
         };
         cluster.wait_until_ready().await;
         cluster
+    }
+
+    /// Starts master `i` again on its old address, after it was killed or
+    /// stopped, and waits until every worker has registered with it.
+    pub async fn restart_master(&mut self, i: usize) {
+        self.masters[i].kill();
+        let name = format!("master-{i}");
+        self.masters[i] = Service::start(&name, "master", &self.master_restart_args[i], true).await;
+        self.masters[i]
+            .wait_for_log("worker connected", self.workers.len())
+            .await;
     }
 
     /// Starts one more worker of every master.
@@ -477,6 +500,7 @@ impl Cluster {
             lock_proxies,
             gateway_amqp_proxy,
             lock_args: _,
+            master_restart_args: _,
         } = self;
         drop((gateway, workers, masters, locks));
         drop((lock_proxies, gateway_amqp_proxy));

@@ -23,6 +23,15 @@ async fn site(gated_depth: u32) -> TestSite {
     TestSite::serve(SitePlan::tree(&[2, 2]).gate_depth(gated_depth)).await
 }
 
+/// Job `J` crawls the gated site and is held in the middle of level 2.
+async fn crawl_held_in_level_two(cluster: &Cluster) -> (TestSite, WsClient) {
+    let site = site(2).await;
+    let mut client = WsClient::connect(&cluster.ws_url()).await;
+    client.submit("J", &site.url("/"), 2).await;
+    site.gated_requests(1).await;
+    (site, client)
+}
+
 /// Waits until lock-1 leads, and returns how long that took since `silent`.
 async fn new_leader_after(cluster: &Cluster, silent: Instant) -> Duration {
     cluster.locks[1]
@@ -84,10 +93,7 @@ async fn the_leader_killed_during_an_acquire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_during_heartbeats() {
     let mut cluster = replicated().await;
-    let site = site(2).await;
-    let mut client = WsClient::connect(&cluster.ws_url()).await;
-    client.submit("J", &site.url("/"), 2).await;
-    site.gated_requests(1).await;
+    let (site, mut client) = crawl_held_in_level_two(&cluster).await;
 
     // The job's lease runs out while no replica leads; the new leader's grace
     // lets its master renew it before the other master could take it over.
@@ -107,10 +113,7 @@ async fn the_leader_killed_during_heartbeats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_during_a_complete() {
     let mut cluster = replicated().await;
-    let site = site(2).await;
-    let mut client = WsClient::connect(&cluster.ws_url()).await;
-    client.submit("J", &site.url("/"), 2).await;
-    site.gated_requests(1).await;
+    let (site, mut client) = crawl_held_in_level_two(&cluster).await;
 
     // Frozen, the leader holds the Complete that the open gate lets through.
     cluster.locks[0].freeze();
@@ -129,10 +132,7 @@ async fn the_leader_killed_during_a_complete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_outlives_ten_seconds_without_the_lock_service() {
     let cluster = ClusterSpec::new(1, 1).lock_proxies().start().await;
-    let site = site(2).await;
-    let mut client = WsClient::connect(&cluster.ws_url()).await;
-    client.submit("J", &site.url("/"), 2).await;
-    site.gated_requests(1).await;
+    let (site, mut client) = crawl_held_in_level_two(&cluster).await;
 
     // The network to the lock service goes silent (no reset), the crawl
     // ends, and the master keeps its result through the whole outage.

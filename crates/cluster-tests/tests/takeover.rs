@@ -114,3 +114,17 @@ async fn a_master_stopped_with_sigterm_hands_its_job_over_at_once() {
     assert_resumed_result(&cluster, &site, &mut client).await;
     cluster.cleanup().await;
 }
+
+#[test]
+fn a_lease_the_lock_server_would_refuse_is_refused_at_start() {
+    let output = std::process::Command::new(cluster_tests::processes::binary("master"))
+        .args(["--listen", "127.0.0.1:0", "--lease-ttl-ms", "700000"])
+        .output()
+        .expect("run the master");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--lease-ttl-ms") && stderr.contains("300 to 600000 ms"),
+        "{stderr}"
+    );
+}
