@@ -44,14 +44,25 @@ pub fn parse_absolute(raw: &str) -> Result<Url, UrlError> {
     check_and_normalize(url)
 }
 
+/// An `href` as the URL standard reads it: leading and trailing C0 controls
+/// and spaces stripped, tabs and newlines removed wherever they are. Other
+/// white space (a no-break space, say) is part of the URL.
+pub fn clean_href(href: &str) -> String {
+    href.trim_matches(|c: char| c <= ' ')
+        .chars()
+        .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+        .collect()
+}
+
 /// Resolves a link found on a page against the page's base URL; `None` for
-/// links a crawler does not follow (mailto:, javascript:, unparsable, too long).
+/// links a crawler does not follow (mailto:, javascript:, unparsable, too
+/// long). An empty link is the base itself, as in a browser.
 pub fn resolve_link(base: &Url, href: &str) -> Option<Url> {
-    let href = href.trim();
-    if href.is_empty() || href.len() > MAX_URL_LEN {
+    let href = clean_href(href);
+    if href.len() > MAX_URL_LEN {
         return None;
     }
-    let url = base.join(href).ok()?;
+    let url = base.join(&href).ok()?;
     check_and_normalize(url).ok()
 }
 
@@ -183,7 +194,18 @@ mod tests {
         );
         assert!(resolve_link(&base, "mailto:a@b.c").is_none());
         assert!(resolve_link(&base, "javascript:void(0)").is_none());
-        assert!(resolve_link(&base, "  ").is_none());
+        assert_eq!(
+            resolve_link(&base, " \t ").unwrap().as_str(),
+            "http://example.com/dir/page.html",
+            "an empty link is the page itself"
+        );
+    }
+
+    #[test]
+    fn hrefs_are_cleaned_of_c0_and_space_at_the_ends_and_tabs_and_newlines_inside() {
+        assert_eq!(clean_href("\u{0} \x0b/a\tb\nc\rd \x1f"), "/abcd");
+        assert_eq!(clean_href("\u{a0}/a\u{a0}"), "\u{a0}/a\u{a0}");
+        assert_eq!(clean_href(" a b "), "a b");
     }
 
     #[test]

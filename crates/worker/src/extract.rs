@@ -3,10 +3,17 @@
 //! lol_html parses chunk by chunk without building a DOM, so memory stays
 //! flat however large the page. Links are resolved only at the end because
 //! `<base href>` applies to the whole document, even links written before it.
+//!
+//! lol_html hands out attribute values and text as written, character
+//! references and all; they are decoded here as the HTML standard's
+//! tokenizer decodes them (`htmlize` implements that algorithm): attribute
+//! values by the attribute rule, which leaves `&name` alone when `=` or an
+//! alphanumeric follows, and text by the text rule.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use htmlize::{unescape, unescape_attribute};
 use lol_html::send::{HtmlRewriter, Settings};
 use lol_html::{element, text};
 use url::Url;
@@ -124,20 +131,25 @@ impl LinkExtractor {
         // End-of-input errors only concern output we throw away.
         let _ = self.rewriter.end();
         let found = std::mem::take(&mut *self.found.lock().expect("extractor state"));
+        // A base that does not parse leaves the document's own URL in charge.
         let base = found
             .base
             .as_deref()
-            .and_then(|b| page_url.join(b.trim()).ok())
+            .and_then(|b| {
+                page_url
+                    .join(&crawler_core::urls::clean_href(&unescape_attribute(b)))
+                    .ok()
+            })
             .unwrap_or_else(|| page_url.clone());
         let mut seen = std::collections::HashSet::new();
         let links = found
             .hrefs
             .iter()
-            .filter_map(|href| crawler_core::urls::resolve_link(&base, &decode_entities(href)))
+            .filter_map(|href| crawler_core::urls::resolve_link(&base, &unescape_attribute(href)))
             .map(String::from)
             .filter(|u| seen.insert(u.clone()))
             .collect();
-        let title = collapse_whitespace(&decode_entities(&found.title));
+        let title = collapse_whitespace(&unescape(&found.title));
         let fields = found
             .fields
             .into_iter()
@@ -145,7 +157,7 @@ impl LinkExtractor {
                 let values = values
                     .iter()
                     .map(|v| {
-                        collapse_whitespace(&decode_entities(v))
+                        collapse_whitespace(&unescape(v))
                             .chars()
                             .take(MAX_FIELD_CHARS)
                             .collect::<String>()
@@ -171,20 +183,6 @@ impl Default for LinkExtractor {
 
 fn collapse_whitespace(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// lol_html hands out attribute values and text as written; the few entities
-/// that matter in URLs and titles are decoded here.
-fn decode_entities(s: &str) -> String {
-    if !s.contains('&') {
-        return s.to_string();
-    }
-    s.replace("&amp;", "&")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&apos;", "'")
 }
 
 #[cfg(test)]
@@ -242,6 +240,61 @@ mod tests {
     fn entities_in_hrefs_are_decoded() {
         let out = extract(r#"<a href="/q?a=1&amp;b=2">q</a>"#, "http://s.test/", 3);
         assert_eq!(out.links, vec!["http://s.test/q?a=1&b=2"]);
+    }
+
+    /// The page that found this bug: AsciiDoc writes `-` as `&#45;`.
+    #[test]
+    fn numeric_references_in_hrefs_are_decoded_not_cut_at_the_hash() {
+        let html =
+            r#"<a href="git-fsmonitor&#45;&#45;daemon.html">d</a><a href="a&#x2D;b.html">h</a>"#;
+        let out = extract(html, "http://s.test/docs/", 4);
+        assert_eq!(
+            out.links,
+            vec![
+                "http://s.test/docs/git-fsmonitor--daemon.html",
+                "http://s.test/docs/a-b.html"
+            ]
+        );
+    }
+
+    #[test]
+    fn references_decode_as_the_standard_says_in_attributes_and_in_text() {
+        let html = concat!(
+            r#"<a href="/x?a=1&copy=2">attribute rule: &copy= stays</a>"#,
+            r#"<a href="/y?b&copyc">attribute rule: &copy+alnum stays</a>"#,
+            r#"<a href="/z&copy;">with a semicolon it decodes</a>"#,
+            r#"<a href="/n&#0;&#128;&#xD800;&#x110000;">replacements</a>"#,
+            r#"<title>&copy 2024 &amp; &notit; &#x27;q&#39; &#150;</title>"#,
+        );
+        let out = extract(html, "http://s.test/", 3);
+        assert_eq!(
+            out.links,
+            vec![
+                "http://s.test/x?a=1&copy=2",
+                "http://s.test/y?b&copyc",
+                "http://s.test/z%C2%A9",
+                // U+0000 and surrogates and values past U+10FFFF become
+                // U+FFFD; the C1 value 128 is the euro sign of windows-1252.
+                "http://s.test/n%EF%BF%BD%E2%82%AC%EF%BF%BD%EF%BF%BD",
+            ]
+        );
+        // In text the legacy `&copy` and `&not` decode without a semicolon.
+        assert_eq!(out.title.as_deref(), Some("© 2024 & ¬it; 'q' –"));
+    }
+
+    #[test]
+    fn whitespace_around_and_inside_hrefs_is_cleaned_as_the_url_standard_says() {
+        let html = "<base href=\"\n /docs/\t\"><a href=\" \x0c a\tb\n.html \r\n\">a</a>\
+                    <a href=\"c\u{a0}\">nbsp is not whitespace here</a><a href=\" \t \">self</a>";
+        let out = extract(html, "http://s.test/", 5);
+        assert_eq!(
+            out.links,
+            vec![
+                "http://s.test/docs/ab.html",
+                "http://s.test/docs/c%C2%A0",
+                "http://s.test/docs/",
+            ]
+        );
     }
 
     #[test]
