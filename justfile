@@ -23,5 +23,10 @@ bench:
     cargo bench -p cluster-tests --bench takeover
     cargo bench -p file-sync --bench sync_bench
 
+# Coverage-guided fuzzing of the frame parser, URL normaliser and link
+# extractor (cargo-afl); 10 million executions each unless told otherwise.
+fuzz execs="10000000" *targets:
+    scripts/fuzz {{execs}} {{targets}}
+
 # Everything a change must pass.
 verify: lint test
