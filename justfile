@@ -20,6 +20,9 @@ lint:
 # Benchmarks: they print figures and ratios against a peer measured in the same run.
 bench:
     cargo build --release --workspace --bins
+    cd bench/spider-peer && cargo build --release
+    cd bench/spider-peer-lean && cargo build --release
+    cargo bench -p cluster-tests --bench pipeline
     cargo bench -p cluster-tests --bench takeover
     cargo bench -p file-sync --bench sync_bench
 

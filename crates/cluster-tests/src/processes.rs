@@ -162,6 +162,11 @@ impl Service {
         }
     }
 
+    /// CPU time the process has used so far (user and system), from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time_of(&format!("/proc/{}/stat", self.child.id()))
+    }
+
     /// Log lines containing `needle`, so far.
     pub fn count_log(&self, needle: &str) -> usize {
         self.log
@@ -203,6 +208,7 @@ pub struct ClusterSpec {
     pub lock_args: Vec<String>,
     pub master_args: Vec<String>,
     pub worker_args: Vec<String>,
+    pub gateway_args: Vec<String>,
     /// Masters reach each lock server through a [`FaultProxy`].
     pub lock_proxies: bool,
     /// The gateway reaches RabbitMQ through a [`FaultProxy`].
@@ -236,6 +242,11 @@ impl ClusterSpec {
 
     pub fn worker_args(mut self, args: &[&str]) -> Self {
         self.worker_args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    pub fn gateway_args(mut self, args: &[&str]) -> Self {
+        self.gateway_args = args.iter().map(|a| a.to_string()).collect();
         self
     }
 
@@ -358,26 +369,22 @@ impl Cluster {
             Some(proxy) => via(&engines.amqp, proxy.addr()),
             None => engines.amqp.clone(),
         };
-        let gateway = Service::start(
-            "ws-gateway",
-            "ws-gateway",
-            &[
-                s("--listen"),
-                s("127.0.0.1:0"),
-                s("--amqp-url"),
-                gateway_amqp,
-                s("--redis-url"),
-                engines.redis.clone(),
-                s("--database-url"),
-                database_url,
-                s("--namespace"),
-                namespace.clone(),
-                s("--allow-network"),
-                s("127.0.0.0/8"),
-            ],
-            true,
-        )
-        .await;
+        let mut gateway_args = vec![
+            s("--listen"),
+            s("127.0.0.1:0"),
+            s("--amqp-url"),
+            gateway_amqp,
+            s("--redis-url"),
+            engines.redis.clone(),
+            s("--database-url"),
+            database_url,
+            s("--namespace"),
+            namespace.clone(),
+            s("--allow-network"),
+            s("127.0.0.0/8"),
+        ];
+        gateway_args.extend(spec.gateway_args.iter().cloned());
+        let gateway = Service::start("ws-gateway", "ws-gateway", &gateway_args, true).await;
         let cluster = Self {
             namespace,
             engines,
@@ -566,6 +573,21 @@ async fn start_worker(i: usize, master_urls: &[String], worker_args: &[&str]) ->
     .collect();
     args.extend(worker_args.iter().map(|a| a.to_string()));
     Service::start(&format!("worker-{i}"), "worker", &args, false).await
+}
+
+/// User plus system CPU time of a process, from its `/proc/<pid>/stat`
+/// (fields 14 and 15, in clock ticks of 1/100 s on Linux).
+pub fn cpu_time_of(stat_path: &str) -> Duration {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
+    // The command name may hold spaces; fields are counted after its `)`.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Duration::from_millis(fields.iter().sum::<u64>() * 10)
 }
 
 /// A minimal HTTP GET, enough for health and metrics endpoints.
