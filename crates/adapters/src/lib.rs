@@ -6,13 +6,13 @@
 //! pass the same [`conformance`] suites, which is what lets services treat
 //! them as interchangeable.
 
+mod args;
 pub mod conformance;
 mod memory_cache;
 mod memory_queue;
 mod postgres_store;
 mod queue_settings;
 mod rabbit;
-mod redact;
 mod redis_cache;
 mod sql_store;
 mod sqlite_store;
@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use crawler_core::ports::{AdapterResult, Engines};
 
+pub use args::{MessagingArgs, StoreArgs};
 pub use memory_cache::MemoryCache;
 pub use memory_queue::MemoryQueue;
 pub use postgres_store::PgStore;

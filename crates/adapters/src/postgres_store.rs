@@ -9,8 +9,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, Postgres};
 
-use crate::redact::redact_url;
 use crate::sql_store::SqlStore;
+use crawler_core::config::redact_url;
 
 const ENGINE: &str = "postgres";
 

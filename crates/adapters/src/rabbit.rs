@@ -26,7 +26,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
 use crate::QueueSettings;
-use crate::redact::redact_url;
+use crawler_core::config::redact_url;
 use delivery::{Lifeline, into_stream};
 use topology::Names;
 

@@ -13,7 +13,7 @@ use crawler_core::ports::{AdapterError, AdapterResult, ResultCache};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
-use crate::redact::redact_url;
+use crawler_core::config::redact_url;
 
 const ENGINE: &str = "redis";
 

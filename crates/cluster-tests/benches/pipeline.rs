@@ -84,8 +84,9 @@ const PEERS: [(&str, &str); 2] = [
 ];
 
 fn peer_binary(crate_dir: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../../bench/{crate_dir}/target/release/{crate_dir}"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "../../bench/{crate_dir}/target/release/{crate_dir}"
+    ));
     assert!(
         path.exists(),
         "the peer is not built: (cd bench/{crate_dir} && cargo build --release)"
@@ -142,7 +143,12 @@ async fn main() {
     let cap = largest.to_string();
     let master_args = arg::<String>("--master-args").unwrap_or_default();
     let worker_args = arg::<String>("--worker-args").unwrap_or_default();
-    let as_strs = |v: &[String]| v.iter().flat_map(|a| a.split(' ')).map(str::to_string).collect::<Vec<_>>();
+    let as_strs = |v: &[String]| {
+        v.iter()
+            .flat_map(|a| a.split(' '))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
     let (master_args, worker_args) = (as_strs(&master_args), as_strs(&worker_args));
     let cluster = ClusterSpec::new(1, 2)
         .gateway_args(&["--max-pages", &cap])

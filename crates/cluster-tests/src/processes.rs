@@ -177,6 +177,18 @@ impl Service {
             .count()
     }
 
+    /// The address of its /healthz, /readyz and /metrics endpoint, which it
+    /// logs as `admin=` (waiting, with a deadline, until it has).
+    pub async fn admin_addr(&self) -> String {
+        self.wait_for_log("admin=", 1).await;
+        let log = self.log.lock().expect("log lock");
+        log.iter()
+            .flat_map(|line| line.split_whitespace())
+            .find_map(|word| word.strip_prefix("admin="))
+            .expect("the admin address was logged")
+            .to_string()
+    }
+
     /// Waits until the log holds `needle` at least `times` times.
     pub async fn wait_for_log(&self, needle: &str, times: usize) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -478,9 +490,7 @@ impl Cluster {
     /// A counter from the gateway's `/metrics`.
     pub async fn gateway_metric(&self, name: &str) -> u64 {
         let (_, body) = http_get(self.gateway.addr(), "/metrics").await;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no metric {name} in {body}"))
+        metric_value(&body, name).unwrap_or_else(|| panic!("no metric {name} in {body}")) as u64
     }
 
     /// The cluster's queue, as a client of RabbitMQ in the same namespace.
@@ -588,6 +598,21 @@ pub fn cpu_time_of(stat_path: &str) -> Duration {
         .filter_map(|f| f.parse().ok())
         .collect();
     Duration::from_millis(fields.iter().sum::<u64>() * 10)
+}
+
+/// The value of the sample `name` (with its labels, e.g.
+/// `crawler_worker_pages_fetched_total{status="2xx"}`) in Prometheus text.
+pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
 }
 
 /// A minimal HTTP GET, enough for health and metrics endpoints.

@@ -34,7 +34,9 @@ async fn separate_processes_crawl_the_sample_site_through_both_message_forms() {
         assert_sample_site_result(&result, &format!("http://{}", legacy.addr), depth);
     }
     assert_eq!(
-        cluster.gateway_metric("gateway_jobs_published_total").await,
+        cluster
+            .gateway_metric("crawler_gateway_jobs_published_total")
+            .await,
         6
     );
     cluster.cleanup().await;
@@ -48,7 +50,9 @@ async fn a_repeated_job_is_answered_from_the_cache_without_reaching_a_master() {
     let mut client = WsClient::connect(&cluster.ws_url()).await;
     client.submit("deep", &site.start_url(), 2).await;
     let deep = client.result("deep").await;
-    let published = cluster.gateway_metric("gateway_jobs_published_total").await;
+    let published = cluster
+        .gateway_metric("crawler_gateway_jobs_published_total")
+        .await;
     let started = cluster.masters[0].count_log("crawl started");
     assert_eq!((published, started), (1, 1));
 
@@ -60,10 +64,17 @@ async fn a_repeated_job_is_answered_from_the_cache_without_reaching_a_master() {
     }
     // Nothing more went to the queue, and the master started nothing more.
     assert_eq!(
-        cluster.gateway_metric("gateway_jobs_published_total").await,
+        cluster
+            .gateway_metric("crawler_gateway_jobs_published_total")
+            .await,
         1
     );
-    assert_eq!(cluster.gateway_metric("gateway_cache_hits_total").await, 2);
+    assert_eq!(
+        cluster
+            .gateway_metric("crawler_gateway_cache_hits_total")
+            .await,
+        2
+    );
     assert_eq!(cluster.masters[0].count_log("crawl started"), 1);
 
     // After a reconnect, `status` answers from the store.
@@ -181,11 +192,15 @@ async fn bad_input_gets_a_clear_error_and_the_connection_stays_usable() {
     client.submit("valid", &url, 2).await;
     assert_eq!(client.error().await["code"], "duplicate_job");
     assert_eq!(
-        cluster.gateway_metric("gateway_jobs_published_total").await,
+        cluster
+            .gateway_metric("crawler_gateway_jobs_published_total")
+            .await,
         1
     );
     assert_eq!(
-        cluster.gateway_metric("gateway_jobs_attached_total").await,
+        cluster
+            .gateway_metric("crawler_gateway_jobs_attached_total")
+            .await,
         1
     );
 

@@ -46,12 +46,14 @@ async fn a_publish_that_fails_after_the_insert_is_published_again_and_a_retry_at
     assert_eq!(site.hits("/"), 1, "crawled once");
     assert_eq!(
         cluster
-            .gateway_metric("gateway_jobs_republished_total")
+            .gateway_metric("crawler_gateway_jobs_republished_total")
             .await,
         1
     );
     assert_eq!(
-        cluster.gateway_metric("gateway_jobs_attached_total").await,
+        cluster
+            .gateway_metric("crawler_gateway_jobs_attached_total")
+            .await,
         1
     );
     assert_eq!(cluster.masters[0].count_log("crawl finished"), 1);

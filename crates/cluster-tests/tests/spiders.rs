@@ -1,7 +1,7 @@
 //! Spiders end to end: published to a file-sync process, synced by the
 //! workers before they run a job's batches, and applied to the crawl.
 
-use cluster_tests::processes::{Cluster, Service};
+use cluster_tests::processes::{Cluster, Service, http_get, metric_value};
 use cluster_tests::ws::WsClient;
 use cluster_tests::{levels_of, page};
 use crawlctl::sample_site::SampleSite;
@@ -153,6 +153,8 @@ async fn crawlctl_pushes_lists_and_pulls_spiders() {
             "127.0.0.1:0".into(),
             "--root".into(),
             root.path().display().to_string(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
         ],
         true,
     )
@@ -193,6 +195,20 @@ async fn crawlctl_pushes_lists_and_pulls_spiders() {
         std::fs::read_to_string(target_dir.join("spider.toml")).unwrap(),
         SPIDER_TOML
     );
+    // Its /metrics counted the upload and the bytes the pull moved.
+    let admin = server.admin_addr().await;
+    assert_eq!(http_get(&admin, "/readyz").await.0, 200);
+    let (_, metrics) = http_get(&admin, "/metrics").await;
+    for name in [
+        "crawler_file_sync_uploads_total",
+        "crawler_file_sync_download_requests_total",
+        "crawler_file_sync_bytes_sent_total",
+    ] {
+        assert!(
+            metric_value(&metrics, name).is_some_and(|v| v > 0.0),
+            "{name} in {metrics}"
+        );
+    }
 
     // A bad name is refused with a clear message and a failing exit status.
     let output = std::process::Command::new(cluster_tests::processes::binary("crawlctl"))

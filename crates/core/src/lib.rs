@@ -2,6 +2,8 @@
 //! protocol, URL rules, the network policy, the error codes, telemetry,
 //! shutdown handling and the traits the engine adapters implement.
 
+pub mod admin;
+pub mod config;
 pub mod error_code;
 pub mod events;
 pub mod lease;

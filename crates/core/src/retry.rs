@@ -101,6 +101,37 @@ impl RetryPolicy {
     }
 }
 
+/// How a service retries an engine it cannot reach at start.
+pub const AT_START: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(5));
+
+/// Connects to an engine at start, retrying until it answers or the service
+/// is stopped (`None` then): a cluster that starts all at once (compose,
+/// Kubernetes) brings engines up after, not before, their clients. Each
+/// failure is logged with its cause, so a wrong address is visible.
+pub async fn until_connected<T, E, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut connect: impl FnMut() -> Fut,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = AT_START.backoff();
+    loop {
+        match connect().await {
+            Ok(connected) => return Some(connected),
+            Err(e) => {
+                tracing::warn!(engine = what, error = %e, "cannot connect at start; retrying")
+            }
+        }
+        if !backoff.wait(shutdown).await {
+            return None;
+        }
+    }
+}
+
 /// Why [`RetryPolicy::retry`] gave up.
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError<E> {

@@ -6,7 +6,14 @@ use file_sync::{Config, FileSyncServer};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    crawler_core::telemetry::init_tracing("file-sync", &config.log_filter, config.log_format);
+    if crawler_core::config::dump_if_asked(&config, &config.service) {
+        return Ok(());
+    }
+    crawler_core::telemetry::init_tracing(
+        "file-sync",
+        &config.log_filter,
+        config.service.log_format,
+    );
     let server = FileSyncServer::build(config).await?;
     // One line on stdout with the bound address, for supervisors and tests
     // that start the server on port 0.

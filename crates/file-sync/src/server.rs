@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use crawler_core::ErrorCode;
-use crawler_core::telemetry::LogFormat;
+use crawler_core::config::{AdminArgs, ServiceArgs};
 use futures::Stream;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -41,9 +41,10 @@ use crate::{
 };
 
 /// Configuration of the file-sync server. Every flag can also be set in the
-/// environment as `FILE_SYNC__<FLAG>` (for example `FILE_SYNC__ROOT`);
-/// flags win over the environment, which wins over the defaults.
-#[derive(Debug, Clone, clap::Parser)]
+/// environment as `FILE_SYNC__<FLAG>` (for example `FILE_SYNC__ROOT`), and
+/// the shared ones as `CRAWLER__<FLAG>`; flags win over the environment,
+/// which wins over the defaults.
+#[derive(Debug, Clone, clap::Parser, serde::Serialize)]
 #[command(
     name = "file-sync",
     version,
@@ -67,23 +68,20 @@ pub struct Config {
     /// Log filter, overridden by RUST_LOG.
     #[arg(long, env = "FILE_SYNC__LOG_FILTER", default_value = "info")]
     pub log_filter: String,
-    /// Log format on stderr: `text` or `json`.
-    #[arg(long, env = "FILE_SYNC__LOG_FORMAT", default_value = "text")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub service: ServiceArgs,
 }
 
 impl Config {
     /// A configuration for `root` on a free loopback port, for tests and
     /// embedding.
     pub fn for_root(root: impl Into<PathBuf>) -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            root: root.into(),
-            scan_ttl_ms: 2000,
-            max_chunk_bytes: DEFAULT_MAX_SEND_CHUNK_BYTES,
-            log_filter: "info".into(),
-            log_format: LogFormat::Text,
-        }
+        let mut config: Self = crawler_core::config::defaults();
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.root = root.into();
+        config
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -104,6 +102,7 @@ pub struct FileSyncServer {
     listener: TcpListener,
     addr: SocketAddr,
     state: Arc<State>,
+    admin: Option<SocketAddr>,
 }
 
 /// What the rpc handlers share.
@@ -145,6 +144,7 @@ impl FileSyncServer {
                 metrics,
                 max_chunk: config.max_chunk_bytes,
             }),
+            admin: config.admin.admin_listen,
         })
     }
 
@@ -162,8 +162,17 @@ impl FileSyncServer {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<FileSyncService<Service>>().await;
+        Metrics::describe();
+        let counters = self.state.metrics.clone();
+        let admin = crawler_core::admin::spawn(
+            self.admin,
+            Arc::new(|| Ok(())),
+            Arc::new(move || counters.publish()),
+            shutdown.clone(),
+        )
+        .await?;
         tracing::info!(addr = %self.addr, root = %self.state.spiders.root().display(), "file-sync serving");
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
             .initial_stream_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(8 * 1024 * 1024)
             .tcp_nodelay(true)
@@ -174,7 +183,11 @@ impl FileSyncServer {
                 tracing::info!("file-sync stopping");
             })
             .await
-            .context("serving gRPC")
+            .context("serving gRPC");
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
+        served
     }
 }
 

@@ -1,14 +1,17 @@
 //! Lock server configuration: defaults that work locally, then
-//! `LOCK_SERVER__*` environment variables, then flags.
+//! `LOCK_SERVER__*` and `CRAWLER__*` environment variables, then flags.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use crawler_adapters::StoreArgs;
+use crawler_core::config::{AdminArgs, ServiceArgs};
+use serde::Serialize;
 
 use crate::ReplicaSettings;
 
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, Serialize)]
 #[command(
     name = "lock-server",
     version,
@@ -18,13 +21,8 @@ pub struct LockServerConfig {
     /// Address masters connect to (gRPC).
     #[arg(long, env = "LOCK_SERVER__LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// Postgres URL; the database is created and migrated at start when missing.
-    #[arg(
-        long,
-        env = "LOCK_SERVER__DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/crawler"
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// This replica's name in the leadership row and the logs; random when not set.
     #[arg(long, env = "LOCK_SERVER__ID")]
     pub id: Option<String>,
@@ -41,9 +39,10 @@ pub struct LockServerConfig {
     /// defaults to two leader TTLs.
     #[arg(long, env = "LOCK_SERVER__TAKEOVER_GRACE_MS")]
     pub takeover_grace_ms: Option<u64>,
-    /// Log format: text or json.
-    #[arg(long, env = "LOCK_SERVER__LOG_FORMAT", default_value = "text")]
-    pub log_format: crawler_core::telemetry::LogFormat,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub service: ServiceArgs,
 }
 
 impl LockServerConfig {

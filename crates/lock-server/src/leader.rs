@@ -69,6 +69,8 @@ struct View {
     leading_until_ms: u64,
     /// Until then, this leader hands out no orphans.
     takeovers_from_ms: u64,
+    /// When the database last answered a campaign.
+    last_campaign_ms: u64,
     /// The leadership as last read.
     last: Option<Leadership>,
 }
@@ -117,6 +119,8 @@ impl Leader {
                 }
                 view.leading_until_ms = if leading { leadership.expires_at_ms } else { 0 };
                 view.last = Some(leadership);
+                view.last_campaign_ms = asked_at;
+                crate::metrics::leading(leading);
             }
             // Keep answering until the lease we hold runs out: the database
             // may be back before then, and no one else can lead meanwhile.
@@ -145,6 +149,18 @@ impl Leader {
                     tracing::warn!(replica = %self.id, error = %e, "cannot resign; the leadership lapses by itself")
                 }
             }
+        }
+    }
+
+    /// Ready when the database answered a campaign within the last TTL: a
+    /// replica that cannot reach it can neither lead nor name the leader.
+    pub fn readiness(&self) -> Result<(), String> {
+        let last = self.lock_view().last_campaign_ms;
+        let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        if crawler_core::now_ms() < last.saturating_add(ttl) {
+            Ok(())
+        } else {
+            Err("the job store has not answered within a leadership TTL".to_string())
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod leader;
+mod metrics;
 mod service;
 
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ pub struct LockServer {
     listener: TcpListener,
     store: Arc<dyn JobStore>,
     leader: Arc<Leader>,
+    admin: Option<SocketAddr>,
 }
 
 impl LockServer {
@@ -56,7 +58,14 @@ impl LockServer {
             listener,
             store,
             leader,
+            admin: None,
         })
+    }
+
+    /// Serves /healthz, /readyz and /metrics at `addr` as well.
+    pub fn with_admin(mut self, addr: Option<SocketAddr>) -> Self {
+        self.admin = addr;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -71,6 +80,15 @@ impl LockServer {
         health_reporter
             .set_serving::<LockServiceServer<LockGrpc>>()
             .await;
+        metrics::describe();
+        let leader = self.leader.clone();
+        let admin = crawler_core::admin::spawn(
+            self.admin,
+            Arc::new(move || leader.readiness()),
+            crawler_core::admin::no_own_counters(),
+            shutdown.clone(),
+        )
+        .await?;
         // The campaign outlives the gRPC server by its resignation only.
         let campaign_stop = CancellationToken::new();
         let campaign = tokio::spawn(self.leader.clone().run(campaign_stop.clone()));
@@ -92,6 +110,9 @@ impl LockServer {
             .await;
         campaign_stop.cancel();
         let _ = campaign.await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         served?;
         tracing::info!("lock server stopped");
         Ok(())

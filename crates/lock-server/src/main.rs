@@ -1,20 +1,28 @@
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Parser;
+use crawler_adapters::PgStore;
+use crawler_core::retry::until_connected;
 use lock_server::{LockServer, LockServerConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = LockServerConfig::parse();
-    crawler_core::telemetry::init_tracing("lock-server", "info", config.log_format);
-    let store = Arc::new(
-        crawler_adapters::PgStore::connect(&config.database_url)
-            .await
-            .context("connecting the job store")?,
-    );
-    let server = LockServer::build(config.listen, store.clone(), store, config.replica()).await?;
-    server
-        .run_until_stopped(crawler_core::shutdown::on_signal())
-        .await
+    if crawler_core::config::dump_if_asked(&config, &config.service) {
+        return Ok(());
+    }
+    crawler_core::telemetry::init_tracing("lock-server", "info", config.service.log_format);
+    let shutdown = crawler_core::shutdown::on_signal();
+    let Some(store) = until_connected("postgres", &shutdown, || {
+        PgStore::connect(&config.store.database_url)
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let store = Arc::new(store);
+    let server = LockServer::build(config.listen, store.clone(), store, config.replica())
+        .await?
+        .with_admin(config.admin.admin_listen);
+    server.run_until_stopped(shutdown).await
 }

@@ -11,6 +11,7 @@ use crawler_proto::v1::{self, acquire_response, lock_service_server::LockService
 use tonic::{Request, Response, Status};
 
 use crate::leader::Leader;
+use crate::metrics;
 
 pub struct LockGrpc {
     pub store: Arc<dyn JobStore>,
@@ -28,6 +29,7 @@ fn store_status(e: StoreError) -> Status {
             ErrorCode::UnknownJob.status(format!("job {id} is not in the store"))
         }
         e @ (StoreError::StaleToken { .. } | StoreError::Ended) => {
+            metrics::stale_write_refused();
             ErrorCode::StaleLease.status(e.to_string())
         }
         e @ StoreError::LevelOutOfOrder { .. } => ErrorCode::InvalidField.status(e.to_string()),
@@ -86,6 +88,7 @@ impl LockService for LockGrpc {
                     levels_done = grant.checkpoint.as_ref().map_or(0, |c| c.levels_done),
                     "lease granted"
                 );
+                metrics::lease_granted();
                 acquire_response::Outcome::Granted(lease(grant, request.ttl_ms))
             }
             AcquireOutcome::AlreadyDone(record) => {
@@ -132,6 +135,7 @@ impl LockService for LockGrpc {
                 levels_done = t.grant.checkpoint.as_ref().map_or(0, |c| c.levels_done),
                 "job taken over"
             );
+            metrics::taken_over();
             v1::Orphan {
                 job: Some((&t.spec).into()),
                 previous_master: t.previous_master.unwrap_or_default(),
@@ -174,6 +178,7 @@ impl LockService for LockGrpc {
             .await
             .map_err(store_status)?;
         tracing::info!(%job_id, token, depth = level.depth, pages = level.pages.len(), "level saved");
+        metrics::level_saved();
         Ok(Response::new(v1::SaveLevelResponse {}))
     }
 
@@ -190,6 +195,7 @@ impl LockService for LockGrpc {
             .await
             .map_err(store_status)?;
         tracing::info!(%job_id, token = r.fencing_token, "lease released for handover");
+        metrics::released();
         Ok(Response::new(v1::ReleaseResponse {}))
     }
 
@@ -215,6 +221,7 @@ impl LockService for LockGrpc {
             .await
             .map_err(store_status)?;
         tracing::info!(%job_id, token = r.fencing_token, "job completed");
+        metrics::completed(record.state.as_str());
         Ok(Response::new((&record).into()))
     }
 

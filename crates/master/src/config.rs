@@ -1,12 +1,15 @@
-//! Master configuration: defaults that work locally, then `MASTER__*`
-//! environment variables, then flags.
+//! Master configuration: defaults that work locally, then `MASTER__*` and
+//! `CRAWLER__*` environment variables, then flags.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use crawler_adapters::MessagingArgs;
+use crawler_core::config::{AdminArgs, ServiceArgs, redacted_urls};
+use serde::Serialize;
 
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, Serialize)]
 #[command(
     name = "master",
     version,
@@ -23,25 +26,10 @@ pub struct MasterConfig {
         default_value = "http://127.0.0.1:50051",
         value_delimiter = ','
     )]
+    #[serde(serialize_with = "redacted_urls")]
     pub lock_server: Vec<String>,
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "MASTER__AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_default_value = true
-    )]
-    pub amqp_url: String,
-    /// Redis URL of the result cache.
-    #[arg(
-        long,
-        env = "MASTER__REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/"
-    )]
-    pub redis_url: String,
-    /// Prefix of queue names and cache keys; services of one cluster share it.
-    #[arg(long, env = "MASTER__NAMESPACE", default_value = "crawler")]
-    pub namespace: String,
+    #[command(flatten)]
+    pub engines: MessagingArgs,
     /// This master's id; random when not set.
     #[arg(long, env = "MASTER__ID", default_value_t = format!("master-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))]
     pub master_id: String,
@@ -61,15 +49,16 @@ pub struct MasterConfig {
     /// How long finished crawls stay in the cache, in seconds.
     #[arg(long, env = "MASTER__CACHE_TTL_SECS", default_value_t = 3600)]
     pub cache_ttl_secs: u64,
-    /// Log format: text or json.
-    #[arg(long, env = "MASTER__LOG_FORMAT", default_value = "text")]
-    pub log_format: crawler_core::telemetry::LogFormat,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub service: ServiceArgs,
 }
 
 impl MasterConfig {
-    /// Defaults, for tests and the embedded mode.
+    /// Defaults, for tests and the embedded mode; the environment is not read.
     pub fn local(listen: SocketAddr, lock_server: String) -> Self {
-        let mut cfg = Self::parse_from(["master"]);
+        let mut cfg: Self = crawler_core::config::defaults();
         cfg.listen = listen;
         cfg.lock_server = vec![lock_server];
         cfg

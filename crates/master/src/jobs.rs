@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::crawl::{Crawl, CrawlError, Progress};
 use crate::holder::{Completed, LeaseHolder};
 use crate::lock_client::LockClient;
+use crate::metrics;
 use crate::pool::WorkerPool;
 
 /// What every job of this master shares.
@@ -222,9 +223,12 @@ async fn run_job(ctx: &Arc<JobContext>, spec: JobSpec, lease: v1::Lease) {
     let outcome = match crawl.run(checkpoint).await {
         Ok(result) => v1::complete_request::Outcome::Result((&result).into()),
         Err(CrawlError::Cancelled) => {
-            if !holder.is_lost() {
+            if holder.is_lost() {
+                metrics::job_ended("stale", None);
+            } else {
                 // Shutting down: hand the job over now, not when the lease lapses.
                 holder.release().await;
+                metrics::job_ended("released", None);
             }
             return;
         }
@@ -240,8 +244,11 @@ async fn run_job(ctx: &Arc<JobContext>, spec: JobSpec, lease: v1::Lease) {
     };
     let record = match holder.complete(outcome).await {
         Completed::Stored(record) => *record,
-        Completed::Stale | Completed::Abandoned => return,
+        Completed::Stale => return metrics::job_ended("stale", None),
+        Completed::Abandoned => return metrics::job_ended("abandoned", None),
     };
+    let took = Duration::from_millis(record.elapsed_ms);
+    metrics::job_ended(record.state.as_str(), Some(took));
     if let Some(result) = &record.result
         && let Err(e) = ctx
             .cache
@@ -278,8 +285,11 @@ async fn publish_finished(ctx: &JobContext, record: JobRecord) {
             |e, _| tracing::warn!(%job_id, error = %e, "cannot publish result; retrying"),
         )
         .await;
-    if published.is_err() {
-        tracing::error!(%job_id, "result not published; the client can still ask for it with `status`");
+    match published {
+        Ok(()) => metrics::result_published(),
+        Err(_) => {
+            tracing::error!(%job_id, "result not published; the client can still ask for it with `status`")
+        }
     }
 }
 

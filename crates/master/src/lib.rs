@@ -10,6 +10,7 @@ mod crawl;
 mod holder;
 mod jobs;
 mod lock_client;
+mod metrics;
 mod pool;
 
 use std::net::SocketAddr;
@@ -46,6 +47,8 @@ pub struct Stats {
     pub levels_saved: Arc<AtomicU64>,
     /// Leases handed back at a graceful stop.
     pub leases_released: Arc<AtomicU64>,
+    /// Subscribed to the job queue: ready for jobs.
+    pub consuming: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub struct Master {
@@ -123,10 +126,30 @@ impl Master {
             );
         let grpc = tokio::spawn(grpc);
         tracing::info!(%addr, master_id = %self.config.master_id, "master listening for workers");
+        metrics::describe();
+        let consuming = self.stats.consuming.clone();
+        let readiness: crawler_core::admin::Readiness = Arc::new(move || {
+            if consuming.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("not consuming the job queue".to_string())
+            }
+        });
+        let stats = self.stats.clone();
+        let admin = crawler_core::admin::spawn(
+            self.config.admin.admin_listen,
+            readiness,
+            Arc::new(move || stats.publish()),
+            serving.clone(),
+        )
+        .await?;
 
         let consumed = consume(ctx, self.config.max_jobs, self.config.orphan_poll()).await;
         serving.cancel();
         let _ = grpc.await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         consumed
     }
 }
@@ -167,6 +190,7 @@ async fn consume(
             }
         };
         backoff.reset();
+        ctx.stats.consuming.store(true, Ordering::Relaxed);
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break 'connect,
@@ -189,6 +213,7 @@ async fn consume(
                     }
                 }
                 Some(Some(Ok(delivery))) => {
+                    metrics::job_consumed();
                     let ctx = ctx.clone();
                     running.spawn(async move {
                         jobs::handle_delivery(ctx, delivery).await;
@@ -197,10 +222,12 @@ async fn consume(
                 }
                 Some(Some(Err(e))) => {
                     tracing::warn!(error = %e, "job queue failed; reconnecting");
+                    ctx.stats.consuming.store(false, Ordering::Relaxed);
                     continue 'connect;
                 }
                 Some(None) => {
                     tracing::warn!("job queue closed; reconnecting");
+                    ctx.stats.consuming.store(false, Ordering::Relaxed);
                     continue 'connect;
                 }
             }
@@ -208,6 +235,7 @@ async fn consume(
     }
     // The consumer is gone, so the queue gives unsettled messages to other
     // masters; running jobs see the shutdown and release their leases.
+    ctx.stats.consuming.store(false, Ordering::Relaxed);
     running.close();
     if tokio::time::timeout(STOP_GRACE, running.wait())
         .await

@@ -1,26 +1,37 @@
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Parser;
 use crawler_adapters::{QueueSettings, RabbitQueue, RedisCache};
+use crawler_core::retry::until_connected;
 use master::{Master, MasterConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = MasterConfig::parse();
-    crawler_core::telemetry::init_tracing("master", "info", config.log_format);
-    let queue = RabbitQueue::connect(
-        &config.amqp_url,
-        &config.namespace,
-        QueueSettings::default(),
-    )
+    if crawler_core::config::dump_if_asked(&config, &config.service) {
+        return Ok(());
+    }
+    crawler_core::telemetry::init_tracing("master", "info", config.service.log_format);
+    let shutdown = crawler_core::shutdown::on_signal();
+    let engines = &config.engines;
+    let Some(queue) = until_connected("rabbitmq", &shutdown, || {
+        RabbitQueue::connect(
+            &engines.amqp_url,
+            &engines.namespace,
+            QueueSettings::default(),
+        )
+    })
     .await
-    .context("connecting the job queue")?;
-    let cache = RedisCache::connect(&config.redis_url, &config.namespace)
-        .await
-        .context("connecting the result cache")?;
+    else {
+        return Ok(());
+    };
+    let Some(cache) = until_connected("redis", &shutdown, || {
+        RedisCache::connect(&engines.redis_url, &engines.namespace)
+    })
+    .await
+    else {
+        return Ok(());
+    };
     let master = Master::build(config, Arc::new(queue), Arc::new(cache)).await?;
-    master
-        .run_until_stopped(crawler_core::shutdown::on_signal())
-        .await
+    master.run_until_stopped(shutdown).await
 }

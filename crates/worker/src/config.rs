@@ -1,14 +1,16 @@
-//! Worker configuration: defaults that work locally, then `WORKER__*`
-//! environment variables, then flags.
+//! Worker configuration: defaults that work locally, then `WORKER__*` and
+//! `CRAWLER__*` environment variables, then flags.
 
 use std::time::Duration;
 
 use clap::Parser;
+use crawler_core::config::{AdminArgs, ServiceArgs};
 use ipnet::IpNet;
+use serde::Serialize;
 
 use crate::fetch::FetchConfig;
 
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, Serialize)]
 #[command(
     name = "worker",
     version,
@@ -70,15 +72,17 @@ pub struct WorkerConfig {
     /// Folder spiders are synced into; defaults to a folder per worker id under the system temp dir.
     #[arg(long, env = "WORKER__SPIDER_DIR")]
     pub spider_dir: Option<std::path::PathBuf>,
-    /// Log format: text or json.
-    #[arg(long, env = "WORKER__LOG_FORMAT", default_value = "text")]
-    pub log_format: crawler_core::telemetry::LogFormat,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub service: ServiceArgs,
 }
 
 impl WorkerConfig {
-    /// Defaults for one worker of the given masters (tests, embedded mode).
+    /// Defaults for one worker of the given masters (tests, embedded mode);
+    /// the environment is not read.
     pub fn for_masters(masters: Vec<String>, allow_network: Vec<IpNet>) -> Self {
-        let mut cfg = Self::parse_from(["worker"]);
+        let mut cfg: Self = crawler_core::config::defaults();
         cfg.masters = masters;
         cfg.allow_network = allow_network;
         cfg

@@ -90,7 +90,9 @@ impl Fetcher {
         if let Some(rules) = spider {
             facts.links.retain(|link| rules.follows(link));
         }
-        facts.fetch_ms = started.elapsed().as_millis() as u64;
+        let took = started.elapsed();
+        facts.fetch_ms = took.as_millis() as u64;
+        crate::metrics::page_fetched(facts.status, took);
         facts
     }
 

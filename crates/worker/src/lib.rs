@@ -4,6 +4,7 @@
 pub mod config;
 pub mod extract;
 pub mod fetch;
+mod metrics;
 mod session;
 pub mod spider;
 
@@ -44,6 +45,28 @@ impl Worker {
 
     /// Serves every configured master until `shutdown`, then drains.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        metrics::describe();
+        let registered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ready = registered.clone();
+        let admin = crawler_core::admin::spawn(
+            self.config.admin.admin_listen,
+            Arc::new(
+                move || match ready.load(std::sync::atomic::Ordering::Relaxed) {
+                    0 => Err("not registered with any master".to_string()),
+                    _ => Ok(()),
+                },
+            ),
+            crawler_core::admin::no_own_counters(),
+            shutdown.clone(),
+        )
+        .await;
+        let admin = match admin {
+            Ok(admin) => admin,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve the admin endpoint; stopping");
+                return;
+            }
+        };
         let sessions = TaskTracker::new();
         for master in &self.config.masters {
             let config = session::SessionConfig {
@@ -52,6 +75,7 @@ impl Worker {
                 credit: self.config.batches_in_flight,
                 fetch_concurrency: self.config.fetch_concurrency,
                 reconnect: self.config.reconnect_policy(),
+                registered: registered.clone(),
             };
             sessions.spawn(session::run(
                 config,
@@ -62,6 +86,9 @@ impl Worker {
         }
         sessions.close();
         sessions.wait().await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         tracing::info!(worker_id = %self.config.worker_id, "worker stopped");
     }
 }

@@ -4,7 +4,10 @@ use worker::{Worker, WorkerConfig};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = WorkerConfig::parse();
-    crawler_core::telemetry::init_tracing("worker", "info", config.log_format);
+    if crawler_core::config::dump_if_asked(&config, &config.service) {
+        return Ok(());
+    }
+    crawler_core::telemetry::init_tracing("worker", "info", config.service.log_format);
     let worker = Worker::build(config)?;
     tracing::info!(worker_id = worker.id(), "worker starting");
     worker

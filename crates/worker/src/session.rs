@@ -2,6 +2,7 @@
 //! and reconnect with backoff and jitter when the stream drops.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crawler_proto::v1::{
@@ -33,6 +34,8 @@ pub struct SessionConfig {
     /// Pages fetched at once within a batch.
     pub fetch_concurrency: usize,
     pub reconnect: RetryPolicy,
+    /// How many of this worker's sessions are registered now (readiness).
+    pub registered: Arc<AtomicUsize>,
 }
 
 /// Keeps a session with one master alive until `shutdown`.
@@ -115,6 +118,7 @@ async fn run_once(
         Some(Err(status)) => return Err(SessionEnd::NotRegistered(status.message().to_string())),
         None => return Err(SessionEnd::NotRegistered("master closed the stream".into())),
     }
+    let _registration = Registration::enter(&config.registered);
     send(
         &tx,
         worker_message::Msg::Credit(Credit {
@@ -130,6 +134,7 @@ async fn run_once(
             message = inbound.next() => match message {
                 Some(Ok(MasterMessage { msg: Some(master_message::Msg::Batch(batch)) })) => {
                     let (tx, fetcher, spiders, per_batch) = (tx.clone(), fetcher.clone(), spiders.clone(), config.fetch_concurrency);
+                    crate::metrics::batch_run();
                     batches.spawn(async move {
                         let result = run_batch(batch, &fetcher, &spiders, per_batch).await;
                         send(&tx, worker_message::Msg::Result(result)).await;
@@ -166,6 +171,24 @@ async fn run_once(
         }
     }
     outcome
+}
+
+/// Counts this session among the registered ones while it lives.
+struct Registration<'a>(&'a AtomicUsize);
+
+impl<'a> Registration<'a> {
+    fn enter(registered: &'a AtomicUsize) -> Self {
+        let now = registered.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::metrics::masters_registered(now);
+        Self(registered)
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let now = self.0.fetch_sub(1, Ordering::Relaxed) - 1;
+        crate::metrics::masters_registered(now);
+    }
 }
 
 async fn send(tx: &mpsc::Sender<WorkerMessage>, msg: worker_message::Msg) {

@@ -1,14 +1,17 @@
 //! Gateway configuration: defaults that work locally, then `WS_GATEWAY__*`
-//! environment variables, then flags.
+//! and `CRAWLER__*` environment variables, then flags.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use crawler_adapters::{MessagingArgs, StoreArgs};
+use crawler_core::config::ServiceArgs;
 use crawler_core::protocol::Limits;
 use ipnet::IpNet;
+use serde::Serialize;
 
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, Serialize)]
 #[command(
     name = "ws-gateway",
     version,
@@ -18,31 +21,10 @@ pub struct GatewayConfig {
     /// HTTP and websocket address.
     #[arg(long, env = "WS_GATEWAY__LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "WS_GATEWAY__AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_default_value = true
-    )]
-    pub amqp_url: String,
-    /// Redis URL of the result cache.
-    #[arg(
-        long,
-        env = "WS_GATEWAY__REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/"
-    )]
-    pub redis_url: String,
-    /// Postgres URL of the job store; created and migrated when missing.
-    #[arg(
-        long,
-        env = "WS_GATEWAY__DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/crawler"
-    )]
-    pub database_url: String,
-    /// Prefix of queue names and cache keys; services of one cluster share it.
-    #[arg(long, env = "WS_GATEWAY__NAMESPACE", default_value = "crawler")]
-    pub namespace: String,
+    #[command(flatten)]
+    pub messaging: MessagingArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// This gateway's routing key for results and progress; random when not set.
     #[arg(long, env = "WS_GATEWAY__ID", default_value_t = format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))]
     pub gateway_id: String,
@@ -69,15 +51,14 @@ pub struct GatewayConfig {
         value_delimiter = ','
     )]
     pub allow_network: Vec<IpNet>,
-    /// Log format: text or json.
-    #[arg(long, env = "WS_GATEWAY__LOG_FORMAT", default_value = "text")]
-    pub log_format: crawler_core::telemetry::LogFormat,
+    #[command(flatten)]
+    pub service: ServiceArgs,
 }
 
 impl GatewayConfig {
-    /// Defaults, for tests and the embedded mode.
+    /// Defaults, for tests and the embedded mode; the environment is not read.
     pub fn local(listen: SocketAddr, allow_network: Vec<IpNet>) -> Self {
-        let mut cfg = Self::parse_from(["ws-gateway"]);
+        let mut cfg: Self = crawler_core::config::defaults();
         cfg.listen = listen;
         cfg.allow_network = allow_network;
         cfg

@@ -26,10 +26,7 @@ where
         gateway: state.gateway_key.clone(),
     };
     if send(&state, &mut sink, welcome).await.is_err() {
-        state
-            .metrics
-            .connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        Metrics::dec(&state.metrics.connections);
         return;
     }
     loop {

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
+use crate::metrics::Metrics;
 use crate::requests::record_message;
 
 /// How the gateway subscribes again after losing its queue.
@@ -46,6 +47,7 @@ pub async fn route_events(state: AppState, shutdown: CancellationToken) {
                 }
                 None => break,
             };
+            Metrics::inc(&state.metrics.events_consumed);
             match GatewayEvent::from_bytes(&delivery.payload) {
                 Ok(event) => deliver(&state, event).await,
                 Err(e) => tracing::error!(error = %e, "unreadable event; dropping it"),

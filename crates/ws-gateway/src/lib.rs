@@ -21,6 +21,7 @@ use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use crawler_core::admin::{OnScrape, Readiness};
 use crawler_core::net_policy::NetworkPolicy;
 use crawler_core::ports::Engines;
 use crawler_core::protocol::Limits;
@@ -85,13 +86,23 @@ impl Gateway {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr();
+        Metrics::describe();
+        let ready = self.state.ready.clone();
+        let readiness: Readiness = Arc::new(move || {
+            if ready.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("not subscribed to results yet".to_string())
+            }
+        });
+        let published = self.state.clone();
+        let on_scrape: OnScrape =
+            Arc::new(move || published.metrics.publish(published.routes.pending()));
         let router = Router::new()
             .route("/", get(index))
             .route("/ws", get(upgrade))
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics))
-            .with_state(self.state.clone());
+            .with_state(self.state.clone())
+            .merge(crawler_core::admin::routes(readiness, on_scrape));
         let events = tokio::spawn(events::route_events(self.state.clone(), shutdown.clone()));
         let relay = tokio::spawn(outbox::relay(
             self.state.clone(),
@@ -143,21 +154,6 @@ async fn upgrade(
             let (sink, stream) = socket.split();
             connection::serve(state, client_id, sink, stream).await;
         })
-}
-
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not subscribed to results yet",
-        )
-    }
-}
-
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    state.metrics.render(state.routes.pending())
 }
 
 async fn index() -> Html<&'static str> {

@@ -1,22 +1,29 @@
-use anyhow::Context;
 use clap::Parser;
 use crawler_adapters::{ClusterEngineConfig, cluster_engines};
+use crawler_core::retry::until_connected;
 use ws_gateway::{Gateway, GatewayConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = GatewayConfig::parse();
-    crawler_core::telemetry::init_tracing("ws-gateway", "info", config.log_format);
-    let engines = cluster_engines(&ClusterEngineConfig::new(
-        config.amqp_url.clone(),
-        config.redis_url.clone(),
-        config.database_url.clone(),
-        config.namespace.clone(),
-    ))
+    if crawler_core::config::dump_if_asked(&config, &config.service) {
+        return Ok(());
+    }
+    crawler_core::telemetry::init_tracing("ws-gateway", "info", config.service.log_format);
+    let shutdown = crawler_core::shutdown::on_signal();
+    let engines = ClusterEngineConfig::new(
+        config.messaging.amqp_url.clone(),
+        config.messaging.redis_url.clone(),
+        config.store.database_url.clone(),
+        config.messaging.namespace.clone(),
+    );
+    let Some(engines) = until_connected("rabbitmq, redis and postgres", &shutdown, || {
+        cluster_engines(&engines)
+    })
     .await
-    .context("connecting RabbitMQ, Redis and Postgres")?;
+    else {
+        return Ok(());
+    };
     let gateway = Gateway::build(config, engines).await?;
-    gateway
-        .run_until_stopped(crawler_core::shutdown::on_signal())
-        .await
+    gateway.run_until_stopped(shutdown).await
 }

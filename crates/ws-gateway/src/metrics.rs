@@ -1,80 +1,99 @@
-//! The gateway's counters, served as Prometheus text on `/metrics`.
+//! The gateway's metrics. Its counters belong to the gateway instance (a
+//! test of one gateway reads its own), and are published to the process's
+//! Prometheus recorder at each scrape of `/metrics`, under the names and
+//! with the help declared here.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
 
 #[derive(Default)]
 pub struct Metrics {
     pub connections: AtomicU64,
     pub jobs_accepted: AtomicU64,
-    /// Jobs sent to the `assigned` queue, i.e. to a master.
     pub jobs_published: AtomicU64,
-    /// Jobs the outbox published because their first publish failed or was lost.
     pub jobs_republished: AtomicU64,
-    /// Resubmits of a job the client had submitted already, attached to it.
     pub jobs_attached: AtomicU64,
-    /// Jobs answered from the cache, without a master.
     pub cache_hits: AtomicU64,
+    pub events_consumed: AtomicU64,
     pub results_delivered: AtomicU64,
     pub errors_sent: AtomicU64,
 }
+
+const CONNECTIONS: &str = "crawler_gateway_connections";
+const JOBS_PENDING: &str = "crawler_gateway_jobs_pending";
+const JOBS_ACCEPTED: &str = "crawler_gateway_jobs_accepted_total";
+const JOBS_PUBLISHED: &str = "crawler_gateway_jobs_published_total";
+const JOBS_REPUBLISHED: &str = "crawler_gateway_jobs_republished_total";
+const JOBS_ATTACHED: &str = "crawler_gateway_jobs_attached_total";
+const CACHE_HITS: &str = "crawler_gateway_cache_hits_total";
+const EVENTS_CONSUMED: &str = "crawler_gateway_events_consumed_total";
+const RESULTS_DELIVERED: &str = "crawler_gateway_results_delivered_total";
+const ERRORS_SENT: &str = "crawler_gateway_errors_sent_total";
 
 impl Metrics {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self, pending_jobs: usize) -> String {
-        let mut out = String::new();
-        let rows: [(&str, &str, u64); 8] = [
-            (
-                "gateway_connections",
-                "gauge",
-                self.connections.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway_jobs_accepted_total",
-                "counter",
-                self.jobs_accepted.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway_jobs_published_total",
-                "counter",
-                self.jobs_published.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway_jobs_republished_total",
-                "counter",
-                self.jobs_republished.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway_jobs_attached_total",
-                "counter",
-                self.jobs_attached.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway_cache_hits_total",
-                "counter",
-                self.cache_hits.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway_results_delivered_total",
-                "counter",
-                self.results_delivered.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway_errors_sent_total",
-                "counter",
-                self.errors_sent.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, kind, value) in rows {
-            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
-        }
-        let _ = writeln!(
-            out,
-            "# TYPE gateway_jobs_pending gauge\ngateway_jobs_pending {pending_jobs}"
+    pub fn dec(counter: &AtomicU64) {
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Names and help texts, once per process.
+    pub fn describe() {
+        describe_gauge!(CONNECTIONS, Unit::Count, "Open websocket connections.");
+        describe_gauge!(
+            JOBS_PENDING,
+            Unit::Count,
+            "Jobs whose result this gateway waits for."
         );
-        out
+        describe_counter!(JOBS_ACCEPTED, Unit::Count, "Jobs accepted from clients.");
+        describe_counter!(
+            JOBS_PUBLISHED,
+            Unit::Count,
+            "Jobs published to the `assigned` queue."
+        );
+        describe_counter!(
+            JOBS_REPUBLISHED,
+            Unit::Count,
+            "Jobs the outbox published after their first publish failed or was lost."
+        );
+        describe_counter!(
+            JOBS_ATTACHED,
+            Unit::Count,
+            "Resubmits attached to a job the client had already submitted."
+        );
+        describe_counter!(
+            CACHE_HITS,
+            Unit::Count,
+            "Jobs answered from the result cache."
+        );
+        describe_counter!(
+            EVENTS_CONSUMED,
+            Unit::Count,
+            "Result and progress events consumed from this gateway's queue."
+        );
+        describe_counter!(RESULTS_DELIVERED, Unit::Count, "Results sent to clients.");
+        describe_counter!(ERRORS_SENT, Unit::Count, "Error messages sent to clients.");
+    }
+
+    /// Publishes this gateway's counters to the process's recorder.
+    pub fn publish(&self, pending_jobs: usize) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        gauge!(CONNECTIONS).set(get(&self.connections) as f64);
+        gauge!(JOBS_PENDING).set(pending_jobs as f64);
+        for (name, value) in [
+            (JOBS_ACCEPTED, &self.jobs_accepted),
+            (JOBS_PUBLISHED, &self.jobs_published),
+            (JOBS_REPUBLISHED, &self.jobs_republished),
+            (JOBS_ATTACHED, &self.jobs_attached),
+            (CACHE_HITS, &self.cache_hits),
+            (EVENTS_CONSUMED, &self.events_consumed),
+            (RESULTS_DELIVERED, &self.results_delivered),
+            (ERRORS_SENT, &self.errors_sent),
+        ] {
+            counter!(name).absolute(get(value));
+        }
     }
 }
