@@ -2,6 +2,7 @@
 //! masters, fetches the URL batches they send, and returns per-page facts.
 
 pub mod config;
+mod discovery;
 pub mod extract;
 pub mod fetch;
 mod metrics;
@@ -12,7 +13,6 @@ use std::sync::Arc;
 
 use crawler_core::net_policy::NetworkPolicy;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use config::WorkerConfig;
 use fetch::Fetcher;
@@ -67,25 +67,27 @@ impl Worker {
                 return;
             }
         };
-        let sessions = TaskTracker::new();
-        for master in &self.config.masters {
-            let config = session::SessionConfig {
-                master: master.clone(),
-                worker_id: self.config.worker_id.clone(),
-                credit: self.config.batches_in_flight,
-                fetch_concurrency: self.config.fetch_concurrency,
-                reconnect: self.config.reconnect_policy(),
+        let (fetcher, spiders, config) = (self.fetcher, self.spiders, self.config.clone());
+        let start: Box<discovery::StartSession> = Box::new(move |master, stop, lost| {
+            let session = session::SessionConfig {
+                master,
+                worker_id: config.worker_id.clone(),
+                credit: config.batches_in_flight,
+                fetch_concurrency: config.fetch_concurrency,
+                reconnect: config.reconnect_policy(),
                 registered: registered.clone(),
+                lost,
             };
-            sessions.spawn(session::run(
-                config,
-                self.fetcher.clone(),
-                self.spiders.clone(),
-                shutdown.clone(),
-            ));
+            tokio::spawn(session::run(
+                session,
+                fetcher.clone(),
+                spiders.clone(),
+                stop,
+            ))
+        });
+        if let Err(e) = discovery::serve_masters(&self.config.masters, &*start, shutdown).await {
+            tracing::error!(error = %e, "cannot serve the masters");
         }
-        sessions.close();
-        sessions.wait().await;
         if let Some(admin) = admin {
             let _ = admin.await;
         }

@@ -10,7 +10,7 @@ use crawler_proto::v1::{
     master_service_client::MasterServiceClient, worker_message,
 };
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,6 +36,8 @@ pub struct SessionConfig {
     pub reconnect: RetryPolicy,
     /// How many of this worker's sessions are registered now (readiness).
     pub registered: Arc<AtomicUsize>,
+    /// Told when a registered stream ends: the master may have moved.
+    pub lost: Arc<Notify>,
 }
 
 /// Keeps a session with one master alive until `shutdown`.
@@ -55,6 +57,7 @@ pub async fn run(
             Err(SessionEnd::Registered(reason)) => {
                 // A session that got as far as registering was healthy: start over gently.
                 tracing::warn!(master = %config.master, %reason, "stream to master ended; reconnecting");
+                config.lost.notify_one();
                 backoff.reset();
             }
             Err(SessionEnd::NotRegistered(reason)) => {
