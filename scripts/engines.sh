@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL, Redis and RabbitMQ answer on their standard local
 # ports: a stopped engine that is installed is started; a missing one is
-# named with the package that provides it. Exits non-zero if any is missing.
+# installed from Debian's packages when this runs as root with apt, and
+# named with its package otherwise. Exits non-zero if any is still missing.
 set -uo pipefail
+source "$(dirname "$0")/apt.sh"
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -19,8 +21,19 @@ wait_port() { # name port seconds
 
 missing=0
 
+# A fresh Debian PostgreSQL asks passwords on TCP; the tests connect as
+# postgres over 127.0.0.1 without one, as on the machines they run on.
+trust_local_postgres() {
+  local hba
+  hba=$(ls /etc/postgresql/*/main/pg_hba.conf | head -n 1)
+  sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+}
+
 ensure_postgres() {
   port_open 5432 && return 0
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 && apt_install postgresql; then
+    trust_local_postgres
+  fi
   if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
     echo "engines: starting PostgreSQL"
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
@@ -33,6 +46,7 @@ ensure_postgres() {
 
 ensure_redis() {
   port_open 6379 && return 0
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
   if command -v redis-server >/dev/null 2>&1; then
     echo "engines: starting Redis"
     redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no >/dev/null
@@ -45,6 +59,7 @@ ensure_redis() {
 
 ensure_rabbitmq() {
   port_open 5672 && return 0
+  command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
   if command -v rabbitmq-server >/dev/null 2>&1; then
     echo "engines: starting RabbitMQ"
     rabbitmq-server -detached >/dev/null 2>&1 || true

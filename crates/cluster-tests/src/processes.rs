@@ -67,8 +67,15 @@ impl Service {
     /// Starts `bin` with `args` and, when `expect_addr`, waits (with a
     /// deadline) until it logs the address it bound.
     pub async fn start(name: &str, bin: &str, args: &[String], expect_addr: bool) -> Self {
-        let mut child = Command::new(binary(bin))
-            .args(args)
+        let mut command = Command::new(binary(bin));
+        command.args(args);
+        Self::spawn(name, command, expect_addr).await
+    }
+
+    /// Starts any command as a service (its stderr is its log).
+    pub async fn spawn(name: &str, mut command: Command, expect_addr: bool) -> Self {
+        let bin = command.get_program().to_string_lossy().into_owned();
+        let mut child = command
             .env("RUST_LOG", "info")
             .env_remove("RUST_BACKTRACE")
             .stdout(Stdio::null())
@@ -177,6 +184,15 @@ impl Service {
             .count()
     }
 
+    /// The first value it logged for `key` (as `key=value`), if any.
+    pub fn logged_value(&self, key: &str) -> Option<String> {
+        let prefix = format!("{key}=");
+        let log = self.log.lock().expect("log lock");
+        log.iter()
+            .flat_map(|line| line.split_whitespace())
+            .find_map(|word| word.strip_prefix(prefix.as_str()).map(str::to_string))
+    }
+
     /// The address of its /healthz, /readyz and /metrics endpoint, which it
     /// logs as `admin=` (waiting, with a deadline, until it has).
     pub async fn admin_addr(&self) -> String {
@@ -221,6 +237,8 @@ pub struct ClusterSpec {
     pub master_args: Vec<String>,
     pub worker_args: Vec<String>,
     pub gateway_args: Vec<String>,
+    /// Gateway processes; one unless asked.
+    pub gateways: usize,
     /// Masters reach each lock server through a [`FaultProxy`].
     pub lock_proxies: bool,
     /// The gateway reaches RabbitMQ through a [`FaultProxy`].
@@ -233,6 +251,7 @@ impl ClusterSpec {
             lock_servers: 1,
             masters,
             workers,
+            gateways: 1,
             ..Self::default()
         }
     }
@@ -254,6 +273,11 @@ impl ClusterSpec {
 
     pub fn worker_args(mut self, args: &[&str]) -> Self {
         self.worker_args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    pub fn gateways(mut self, n: usize) -> Self {
+        self.gateways = n;
         self
     }
 
@@ -287,6 +311,8 @@ pub struct Cluster {
     pub masters: Vec<Service>,
     pub workers: Vec<Service>,
     pub gateway: Service,
+    /// The gateways after the first, when the spec asked for more.
+    pub other_gateways: Vec<Service>,
     /// One per lock server, when the spec asked for them.
     pub lock_proxies: Vec<FaultProxy>,
     pub gateway_amqp_proxy: Option<FaultProxy>,
@@ -397,6 +423,11 @@ impl Cluster {
         ];
         gateway_args.extend(spec.gateway_args.iter().cloned());
         let gateway = Service::start("ws-gateway", "ws-gateway", &gateway_args, true).await;
+        let mut other_gateways = Vec::new();
+        for i in 1..spec.gateways.max(1) {
+            let name = format!("ws-gateway-{i}");
+            other_gateways.push(Service::start(&name, "ws-gateway", &gateway_args, true).await);
+        }
         let cluster = Self {
             namespace,
             engines,
@@ -405,6 +436,7 @@ impl Cluster {
             masters: master_services,
             workers: worker_services,
             gateway,
+            other_gateways,
             lock_proxies,
             gateway_amqp_proxy,
             lock_args: spec.lock_args,
@@ -472,14 +504,17 @@ impl Cluster {
                 .wait_for_log("worker connected", self.workers.len())
                 .await;
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        while http_get(self.gateway.addr(), "/readyz").await.0 != 200 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the gateway never became ready"
-            );
-            tick.tick().await;
+        for gateway in std::iter::once(&self.gateway).chain(&self.other_gateways) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            while http_get(gateway.addr(), "/readyz").await.0 != 200 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{} never became ready",
+                    gateway.name
+                );
+                tick.tick().await;
+            }
         }
     }
 
@@ -514,12 +549,13 @@ impl Cluster {
             masters,
             workers,
             gateway,
+            other_gateways,
             lock_proxies,
             gateway_amqp_proxy,
             lock_args: _,
             master_restart_args: _,
         } = self;
-        drop((gateway, workers, masters, locks));
+        drop((gateway, other_gateways, workers, masters, locks));
         drop((lock_proxies, gateway_amqp_proxy));
         if let Ok(queue) =
             crawler_adapters::RabbitQueue::connect(&engines.amqp, &namespace, Default::default())

@@ -15,6 +15,8 @@ pub struct WsClient {
     /// Messages read while waiting for another one.
     backlog: Vec<Value>,
     pub client_id: String,
+    /// The id of the gateway that welcomed this connection.
+    pub gateway: String,
 }
 
 impl WsClient {
@@ -27,11 +29,16 @@ impl WsClient {
             socket,
             backlog: Vec::new(),
             client_id: String::new(),
+            gateway: String::new(),
         };
         let welcome = client.next_where(|m| m["type"] == "welcome").await;
         client.client_id = welcome["clientId"]
             .as_str()
             .expect("welcome has a clientId")
+            .to_string();
+        client.gateway = welcome["gateway"]
+            .as_str()
+            .expect("welcome names the gateway")
             .to_string();
         client
     }
@@ -113,6 +120,22 @@ impl WsClient {
     /// The error a bad frame earned.
     pub async fn error(&mut self) -> Value {
         self.next_where(|m| m["type"] == "error").await
+    }
+
+    /// Waits (with a deadline) until the gateway's side of the connection is
+    /// gone: closed, reset, or ended.
+    pub async fn wait_closed(&mut self) {
+        let closed = async {
+            loop {
+                match self.socket.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, closed)
+            .await
+            .expect("the connection never closed");
     }
 
     /// Messages already received and not yet consumed by a wait.
