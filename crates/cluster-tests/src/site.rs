@@ -78,9 +78,15 @@ pub struct TestSite {
 
 impl TestSite {
     pub async fn serve(plan: SitePlan) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::serve_on("127.0.0.1:0", plan).await
+    }
+
+    /// Serves on `addr` (an address of this machine other than loopback,
+    /// for crawlers in containers that reach it through their network's gateway).
+    pub async fn serve_on(addr: &str, plan: SitePlan) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .expect("bind the test site");
+            .unwrap_or_else(|e| panic!("bind the test site on {addr}: {e}"));
         let base = format!("http://{}", listener.local_addr().expect("bound"));
         let (gate, gate_rx) = watch::channel(false);
         let shared = Arc::new(Shared {

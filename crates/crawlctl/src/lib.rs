@@ -3,4 +3,5 @@
 
 pub mod client;
 pub mod embedded;
+pub mod probe;
 pub mod sample_site;

@@ -64,6 +64,9 @@ enum Command {
         #[command(subcommand)]
         command: SpiderCommand,
     },
+    /// Exit 0 when URL (http://host:port/path) answers 2xx, else 1: the
+    /// healthcheck of the container image, which has no HTTP client of its own.
+    Probe { url: String },
     /// Serve a small sample site on loopback and crawl it with the embedded cluster: no network needed.
     Demo {
         #[arg(long, short, default_value_t = 2)]
@@ -140,6 +143,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Spider { file_sync, command } => spider(&file_sync, command).await,
+        Command::Probe { url } => crawlctl::probe::check(&url).await,
         Command::Demo { depth, json } => {
             let site = SampleSite::start()
                 .await
