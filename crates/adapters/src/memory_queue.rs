@@ -15,7 +15,8 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use crawler_core::ports::{
-    Acker, AdapterError, AdapterResult, Delivery, DeliveryStream, EventKind, JobQueue, Settle,
+    Acker, AdapterError, AdapterResult, Delivery, DeliveryStream, EventKind, Headers, JobQueue,
+    Settle,
 };
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -54,6 +55,7 @@ struct Lane {
 
 struct Message {
     payload: Vec<u8>,
+    headers: Headers,
     /// Times a consumer received it and gave it back (requeue or drop).
     returns: u32,
     expires_at: Option<Instant>,
@@ -168,11 +170,12 @@ impl State {
 
 #[async_trait]
 impl JobQueue for MemoryQueue {
-    async fn publish_job(&self, payload: Vec<u8>) -> AdapterResult<()> {
+    async fn publish_job(&self, payload: Vec<u8>, headers: &Headers) -> AdapterResult<()> {
         self.shared.push(
             &LaneKey::Jobs,
             Message {
                 payload,
+                headers: headers.clone(),
                 returns: 0,
                 expires_at: None,
             },
@@ -199,6 +202,7 @@ impl JobQueue for MemoryQueue {
             &LaneKey::Events(gateway_key.to_string()),
             Message {
                 payload,
+                headers: Headers::new(),
                 returns: 0,
                 expires_at: Some(Instant::now() + ttl),
             },
@@ -275,13 +279,14 @@ impl Consumer {
             if let Some(message) = self.shared.take(&self.key) {
                 let redelivered = message.returns > 0;
                 let payload = message.payload.clone();
+                let headers = message.headers.clone();
                 let acker = MemoryAcker {
                     shared: self.shared.clone(),
                     key: self.key.clone(),
                     message: Some(message),
                     _permit: permit,
                 };
-                return Delivery::new(payload, redelivered, Box::new(acker));
+                return Delivery::new(payload, headers, redelivered, Box::new(acker));
             }
             rung.await;
         }

@@ -17,7 +17,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use crawler_core::ports::{AdapterError, AdapterResult, DeliveryStream, EventKind, JobQueue};
+use crawler_core::ports::{
+    AdapterError, AdapterResult, DeliveryStream, EventKind, Headers, JobQueue,
+};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ExchangeDeleteOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -310,9 +312,11 @@ fn refused(what: &str, confirmation: Confirmation) -> Option<AdapterError> {
 
 #[async_trait]
 impl JobQueue for RabbitQueue {
-    async fn publish_job(&self, payload: Vec<u8>) -> AdapterResult<()> {
+    async fn publish_job(&self, payload: Vec<u8>, headers: &Headers) -> AdapterResult<()> {
         let session = self.session().await?;
-        let persistent = BasicProperties::default().with_delivery_mode(2);
+        let persistent = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(delivery::field_table(headers));
         let confirmation = self
             .publish_confirmed(&session, "", &self.names.assigned, &payload, persistent)
             .await?;

@@ -25,6 +25,7 @@ fn spec() -> JobSpec {
         options: CrawlOptions::default(),
         gateway_key: "gw".into(),
         accepted_at_ms: 1_000,
+        trace: Default::default(),
     }
 }
 
@@ -48,10 +49,16 @@ async fn rabbit_reconnects_after_its_connection_closes() {
     )
     .await
     .unwrap();
-    queue.publish_job(b"before".to_vec()).await.unwrap();
+    queue
+        .publish_job(b"before".to_vec(), &Default::default())
+        .await
+        .unwrap();
     queue.close_connection().await;
 
-    queue.publish_job(b"after".to_vec()).await.unwrap();
+    queue
+        .publish_job(b"after".to_vec(), &Default::default())
+        .await
+        .unwrap();
     let mut jobs = queue.consume_jobs(2).await.unwrap();
     assert_eq!(next_payload(&mut jobs).await, b"before");
     assert_eq!(next_payload(&mut jobs).await, b"after");
@@ -168,7 +175,11 @@ async fn embedded_engines_need_no_infrastructure() {
         .unwrap();
     assert!(engines.cache.get("k").await.unwrap().is_some());
     let mut jobs = engines.queue.consume_jobs(1).await.unwrap();
-    engines.queue.publish_job(b"job".to_vec()).await.unwrap();
+    engines
+        .queue
+        .publish_job(b"job".to_vec(), &Default::default())
+        .await
+        .unwrap();
     assert_eq!(next_payload(&mut jobs).await, b"job");
 }
 

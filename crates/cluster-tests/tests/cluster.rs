@@ -206,7 +206,10 @@ async fn bad_input_gets_a_clear_error_and_the_connection_stays_usable() {
 
     // A poison message on the queue is dead-lettered, and the cluster keeps working.
     let queue = cluster.queue().await;
-    queue.publish_job(b"not a job".to_vec()).await.unwrap();
+    queue
+        .publish_job(b"not a job".to_vec(), &Default::default())
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     while queue.dead_letter_count().await.unwrap() < 1 {
         assert!(

@@ -103,3 +103,49 @@ fn the_compose_files_validate_alone_and_with_the_local_override() {
     assert!(local.contains("localhost/crawler:local"), "{local}");
     assert!(local.contains("WORKER__ALLOW_NETWORK"), "{local}");
 }
+
+#[test]
+fn the_dashboard_queries_only_metrics_the_services_declare() {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("deploy/grafana/crawler.json"))
+            .expect("the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let declared: String = [
+        "core",
+        "ws-gateway",
+        "master",
+        "worker",
+        "lock-server",
+        "file-sync",
+    ]
+    .iter()
+    .map(|krate| {
+        std::fs::read_to_string(repo().join(format!("crates/{krate}/src/metrics.rs")))
+            .unwrap_or_default()
+    })
+    .collect();
+    let queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .map(|target| target["expr"].as_str().expect("a query").to_string())
+        .collect();
+    assert!(queries.len() >= 10, "{queries:?}");
+    for query in &queries {
+        for word in query.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            let Some(name) = word.strip_prefix("crawler_") else {
+                continue;
+            };
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            assert!(
+                declared.contains(&format!("crawler_{base}\"")),
+                "the dashboard queries crawler_{base}, which no service declares"
+            );
+        }
+    }
+}

@@ -14,6 +14,7 @@ pub mod protocol;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 pub mod urls;
 
 pub use error_code::ErrorCode;

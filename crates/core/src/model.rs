@@ -52,6 +52,10 @@ pub struct JobSpec {
     /// Routing key of the gateway that holds the client's connection.
     pub gateway_key: String,
     pub accepted_at_ms: u64,
+    /// The job's trace context (see `crate::trace`), kept with the job so
+    /// a republish or a takeover continues the same trace.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub trace: std::collections::BTreeMap<String, String>,
 }
 
 /// What one fetch found.

@@ -45,20 +45,30 @@ pub enum EventKind {
     Progress,
 }
 
+/// Text headers a message carries beside its payload (a job's trace context).
+pub type Headers = std::collections::BTreeMap<String, String>;
+
 /// A message taken from a queue and not yet settled. Dropping it without
 /// settling gives it back at once: the queue redelivers it, marked
 /// `redelivered`, to any consumer.
 pub struct Delivery {
     pub payload: Vec<u8>,
+    pub headers: Headers,
     /// True when an earlier consumer received this message and did not ack it.
     pub redelivered: bool,
     acker: Box<dyn Acker>,
 }
 
 impl Delivery {
-    pub fn new(payload: Vec<u8>, redelivered: bool, acker: Box<dyn Acker>) -> Self {
+    pub fn new(
+        payload: Vec<u8>,
+        headers: Headers,
+        redelivered: bool,
+        acker: Box<dyn Acker>,
+    ) -> Self {
         Self {
             payload,
+            headers,
             redelivered,
             acker,
         }
@@ -105,8 +115,9 @@ pub type DeliveryStream = Pin<Box<dyn Stream<Item = AdapterResult<Delivery>> + S
 
 #[async_trait]
 pub trait JobQueue: Send + Sync + 'static {
-    /// Publishes a job to `assigned`; returns once the queue holds it durably.
-    async fn publish_job(&self, payload: Vec<u8>) -> AdapterResult<()>;
+    /// Publishes a job to `assigned` with `headers`; returns once the queue
+    /// holds it durably.
+    async fn publish_job(&self, payload: Vec<u8>, headers: &Headers) -> AdapterResult<()>;
     /// Consumes `assigned` with at most `prefetch` unsettled deliveries.
     async fn consume_jobs(&self, prefetch: u16) -> AdapterResult<DeliveryStream>;
     /// Publishes a result or progress event to one gateway.

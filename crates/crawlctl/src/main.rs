@@ -97,7 +97,7 @@ enum SpiderCommand {
 
 #[tokio::main]
 async fn main() {
-    crawler_core::telemetry::init_tracing("crawlctl", "warn", Default::default());
+    let _telemetry = crawler_core::telemetry::init_tracing("crawlctl", "warn", Default::default());
     if let Err(e) = run(Cli::parse()).await {
         eprintln!("error: {e:#}");
         std::process::exit(1);

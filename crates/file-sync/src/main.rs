@@ -9,7 +9,7 @@ async fn main() -> anyhow::Result<()> {
     if crawler_core::config::dump_if_asked(&config, &config.service) {
         return Ok(());
     }
-    crawler_core::telemetry::init_tracing(
+    let _telemetry = crawler_core::telemetry::init_tracing(
         "file-sync",
         &config.log_filter,
         config.service.log_format,

@@ -94,6 +94,9 @@ impl LockServer {
         let campaign = tokio::spawn(self.leader.clone().run(campaign_stop.clone()));
         tracing::info!(%addr, advertised = %self.leader.address(), leading = self.leader.is_leading(), "lock server listening");
         let served = tonic::transport::Server::builder()
+            .layer(crawler_core::trace::ServerSpans {
+                service: "lock-server",
+            })
             .add_service(health_service)
             .add_service(
                 LockServiceServer::new(LockGrpc {

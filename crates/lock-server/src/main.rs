@@ -11,7 +11,8 @@ async fn main() -> anyhow::Result<()> {
     if crawler_core::config::dump_if_asked(&config, &config.service) {
         return Ok(());
     }
-    crawler_core::telemetry::init_tracing("lock-server", "info", config.service.log_format);
+    let _telemetry =
+        crawler_core::telemetry::init_tracing("lock-server", "info", config.service.log_format);
     let shutdown = crawler_core::shutdown::on_signal();
     let Some(store) = until_connected("postgres", &shutdown, || {
         PgStore::connect(&config.store.database_url)

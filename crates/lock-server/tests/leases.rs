@@ -61,6 +61,7 @@ fn spec() -> JobSpec {
         },
         gateway_key: "gw".into(),
         accepted_at_ms: crawler_core::now_ms(),
+        trace: Default::default(),
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use tracing::Instrument;
 
 use crate::crawl::Progress;
 use crate::jobs::JobContext;
@@ -63,23 +64,30 @@ impl LeaseHolder {
         stop: CancellationToken,
     ) -> Self {
         let lost = Arc::new(AtomicBool::new(false));
-        let heartbeat = tokio::spawn(heartbeat_loop(
-            ctx.clone(),
-            job_id.clone(),
-            token,
-            progress,
-            lost.clone(),
-            stop.clone(),
-        ));
+        // Both tasks stay in the job's span, so their calls join its trace.
+        let heartbeat = tokio::spawn(
+            heartbeat_loop(
+                ctx.clone(),
+                job_id.clone(),
+                token,
+                progress,
+                lost.clone(),
+                stop.clone(),
+            )
+            .in_current_span(),
+        );
         let (levels, pending) = mpsc::unbounded_channel();
-        let saver = tokio::spawn(save_levels(
-            ctx.clone(),
-            job_id.clone(),
-            token,
-            pending,
-            lost.clone(),
-            stop.clone(),
-        ));
+        let saver = tokio::spawn(
+            save_levels(
+                ctx.clone(),
+                job_id.clone(),
+                token,
+                pending,
+                lost.clone(),
+                stop.clone(),
+            )
+            .in_current_span(),
+        );
         Self {
             ctx,
             job_id,

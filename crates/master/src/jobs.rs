@@ -15,6 +15,7 @@ use crawler_core::ports::{Delivery, EventKind, JobQueue, ResultCache};
 use crawler_core::retry::{RetryError, RetryPolicy};
 use crawler_proto::v1::{self, acquire_response};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::crawl::{Crawl, CrawlError, Progress};
 use crate::holder::{Completed, LeaseHolder};
@@ -54,7 +55,15 @@ const CLAIM_DEADLINE: Duration = Duration::from_secs(1);
 const PUBLISH_RESULT: RetryPolicy =
     RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(2)).with_retries(4);
 
+/// Runs a job from the queue in its own span, a child of the gateway's
+/// (its context comes in the message's headers).
 pub async fn handle_delivery(ctx: Arc<JobContext>, delivery: Delivery) {
+    let span = tracing::info_span!("job.run", job_id = tracing::field::Empty);
+    crawler_core::trace::set_parent(&span, &delivery.headers);
+    take_delivery(ctx, delivery).instrument(span).await;
+}
+
+async fn take_delivery(ctx: Arc<JobContext>, delivery: Delivery) {
     let spec: JobSpec = match serde_json::from_slice(&delivery.payload) {
         Ok(spec) => spec,
         Err(e) => {
@@ -66,6 +75,7 @@ pub async fn handle_delivery(ctx: Arc<JobContext>, delivery: Delivery) {
         }
     };
     let job_id = spec.job_id.clone();
+    tracing::Span::current().record("job_id", tracing::field::display(&job_id));
     tracing::info!(%job_id, redelivered = delivery.redelivered, "job received; acquiring its lease");
     let request = v1::AcquireRequest {
         job: Some((&spec).into()),

@@ -12,12 +12,15 @@ use std::time::Duration;
 
 use crawler_core::ErrorCode;
 use crawler_core::retry::{RetryError, RetryPolicy};
+use crawler_core::trace::SendContext;
 use crawler_proto::v1::lock_service_client::LockServiceClient;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Response, Status};
 
-type Client = LockServiceClient<Channel>;
+/// Every call carries the current span's trace context in its metadata.
+type Client = LockServiceClient<InterceptedService<Channel, SendContext>>;
 
 pub struct LockClient {
     replicas: Vec<String>,
@@ -167,7 +170,7 @@ fn connect(url: &str) -> anyhow::Result<Client> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .connect_lazy();
-    Ok(LockServiceClient::new(channel)
+    Ok(LockServiceClient::with_interceptor(channel, SendContext)
         .max_decoding_message_size(256 * 1024 * 1024)
         .max_encoding_message_size(256 * 1024 * 1024))
 }

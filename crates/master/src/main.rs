@@ -11,7 +11,8 @@ async fn main() -> anyhow::Result<()> {
     if crawler_core::config::dump_if_asked(&config, &config.service) {
         return Ok(());
     }
-    crawler_core::telemetry::init_tracing("master", "info", config.service.log_format);
+    let _telemetry =
+        crawler_core::telemetry::init_tracing("master", "info", config.service.log_format);
     let shutdown = crawler_core::shutdown::on_signal();
     let engines = &config.engines;
     let Some(queue) = until_connected("rabbitmq", &shutdown, || {

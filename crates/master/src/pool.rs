@@ -67,6 +67,8 @@ impl WorkerPool {
             depth,
             urls,
             options: Some(options),
+            // The crawl dispatches within its job's span: the worker's span joins it.
+            trace: crawler_core::trace::current().into_iter().collect(),
         };
         // The receiver lives as long as the pool; sending cannot fail while we exist.
         let _ = self.queue_tx.send(PendingBatch { batch, reply });

@@ -42,6 +42,7 @@ impl From<&JobSpec> for v1::JobSpec {
             options: Some((&j.options).into()),
             gateway_key: j.gateway_key.clone(),
             accepted_at_ms: j.accepted_at_ms,
+            trace: j.trace.clone().into_iter().collect(),
         }
     }
 }
@@ -57,6 +58,7 @@ impl From<v1::JobSpec> for JobSpec {
             options: j.options.map(Into::into).unwrap_or_default(),
             gateway_key: j.gateway_key,
             accepted_at_ms: j.accepted_at_ms,
+            trace: j.trace.into_iter().collect(),
         }
     }
 }

@@ -7,7 +7,8 @@ async fn main() -> anyhow::Result<()> {
     if crawler_core::config::dump_if_asked(&config, &config.service) {
         return Ok(());
     }
-    crawler_core::telemetry::init_tracing("worker", "info", config.service.log_format);
+    let _telemetry =
+        crawler_core::telemetry::init_tracing("worker", "info", config.service.log_format);
     let worker = Worker::build(config)?;
     tracing::info!(worker_id = worker.id(), "worker starting");
     worker

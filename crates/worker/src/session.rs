@@ -14,6 +14,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use url::Url;
 
 use crawler_core::retry::RetryPolicy;
@@ -199,7 +200,27 @@ async fn send(tx: &mpsc::Sender<WorkerMessage>, msg: worker_message::Msg) {
     let _ = tx.send(WorkerMessage { msg: Some(msg) }).await;
 }
 
+/// Runs a batch in a span of its job's trace (the master sends the context).
 async fn run_batch(
+    batch: v1::Batch,
+    fetcher: &Fetcher,
+    spiders: &SpiderCache,
+    concurrency: usize,
+) -> BatchResult {
+    let span = tracing::info_span!(
+        "batch",
+        job_id = %batch.job_id,
+        depth = batch.depth,
+        urls = batch.urls.len()
+    );
+    let parent: crawler_core::trace::TraceContext = batch.trace.clone().into_iter().collect();
+    crawler_core::trace::set_parent(&span, &parent);
+    fetch_batch(batch, fetcher, spiders, concurrency)
+        .instrument(span)
+        .await
+}
+
+async fn fetch_batch(
     batch: v1::Batch,
     fetcher: &Fetcher,
     spiders: &SpiderCache,

@@ -9,7 +9,8 @@ async fn main() -> anyhow::Result<()> {
     if crawler_core::config::dump_if_asked(&config, &config.service) {
         return Ok(());
     }
-    crawler_core::telemetry::init_tracing("ws-gateway", "info", config.service.log_format);
+    let _telemetry =
+        crawler_core::telemetry::init_tracing("ws-gateway", "info", config.service.log_format);
     let shutdown = crawler_core::shutdown::on_signal();
     let engines = ClusterEngineConfig::new(
         config.messaging.amqp_url.clone(),

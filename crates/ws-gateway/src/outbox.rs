@@ -19,13 +19,14 @@ const RELAY_EVERY: Duration = Duration::from_secs(1);
 /// Jobs relayed per look; the rest wait for the next look.
 const RELAY_BATCH: u32 = 100;
 
-/// Publishes `spec` and, once the queue confirms it, takes it out of the outbox.
+/// Publishes `spec`, with its trace context in the message's headers, and,
+/// once the queue confirms it, takes it out of the outbox.
 pub async fn publish(state: &AppState, spec: &JobSpec) -> Result<(), String> {
     let payload = serde_json::to_vec(spec).expect("job specs serialise");
     state
         .engines
         .queue
-        .publish_job(payload)
+        .publish_job(payload, &spec.trace)
         .await
         .map_err(|e| e.to_string())?;
     Metrics::inc(&state.metrics.jobs_published);

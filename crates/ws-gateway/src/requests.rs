@@ -8,6 +8,7 @@ use crawler_core::model::{CrawlOptions, JobId, JobRecord, JobSpec, JobState};
 use crawler_core::ports::InsertOutcome;
 use crawler_core::protocol::{ServerMessage, Submit};
 use crawler_core::urls;
+use tracing::Instrument;
 use url::Url;
 
 use crate::AppState;
@@ -17,7 +18,23 @@ use crate::routes::ClientTx;
 
 type Refusal = (ErrorCode, String);
 
+/// Handles a submit in the span that starts the job's trace; every other
+/// service's work on the job is a child of it.
 pub async fn submit(
+    state: &AppState,
+    client_id: &str,
+    request: Submit,
+    tx: &ClientTx,
+) -> Vec<ServerMessage> {
+    let span = tracing::info_span!(
+        "job.accept",
+        client_job_id = %request.job_id,
+        job_id = tracing::field::Empty
+    );
+    accept(state, client_id, request, tx).instrument(span).await
+}
+
+async fn accept(
     state: &AppState,
     client_id: &str,
     request: Submit,
@@ -52,7 +69,9 @@ pub async fn submit(
         },
         gateway_key: state.gateway_key.clone(),
         accepted_at_ms: crawler_core::now_ms(),
+        trace: crawler_core::trace::current(),
     };
+    tracing::Span::current().record("job_id", tracing::field::display(&spec.job_id));
     let accepted = ServerMessage::Accepted {
         job_id: request.job_id.clone(),
         url: spec.url.clone(),

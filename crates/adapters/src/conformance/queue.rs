@@ -53,23 +53,53 @@ fn text(delivery: &Delivery) -> &str {
 
 pub async fn published_job_is_consumed_once_acked(queue: &dyn JobQueue) {
     let mut jobs = queue.consume_jobs(1).await.unwrap();
-    queue.publish_job(b"first".to_vec()).await.unwrap();
+    queue
+        .publish_job(b"first".to_vec(), &Default::default())
+        .await
+        .unwrap();
     let first = next(&mut jobs).await;
     assert_eq!(text(&first), "first");
     assert!(!first.redelivered);
     first.ack().await.unwrap();
 
     // Had the ack not removed it, "first" would come back before "second".
-    queue.publish_job(b"second".to_vec()).await.unwrap();
+    queue
+        .publish_job(b"second".to_vec(), &Default::default())
+        .await
+        .unwrap();
     let second = next(&mut jobs).await;
     assert_eq!(text(&second), "second");
     second.ack().await.unwrap();
     assert_quiet(&mut jobs).await;
 }
 
+pub async fn a_jobs_headers_travel_with_it_and_with_its_redelivery(queue: &dyn JobQueue) {
+    let mut jobs = queue.consume_jobs(1).await.unwrap();
+    let headers = crawler_core::ports::Headers::from([
+        (
+            "traceparent".to_string(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+        ),
+        ("tracestate".to_string(), "congo=t61rcWkgMzE".to_string()),
+    ]);
+    queue
+        .publish_job(b"traced".to_vec(), &headers)
+        .await
+        .unwrap();
+    let delivery = next(&mut jobs).await;
+    assert_eq!(delivery.headers, headers);
+    delivery.requeue().await.unwrap();
+    let again = next(&mut jobs).await;
+    assert_eq!(again.headers, headers, "a redelivery keeps them");
+    again.ack().await.unwrap();
+}
+
 pub async fn requeued_job_is_redelivered(queue: &dyn JobQueue) {
     let mut jobs = queue.consume_jobs(1).await.unwrap();
-    queue.publish_job(b"again".to_vec()).await.unwrap();
+    queue
+        .publish_job(b"again".to_vec(), &Default::default())
+        .await
+        .unwrap();
     let delivery = next(&mut jobs).await;
     assert!(!delivery.redelivered);
     delivery.requeue().await.unwrap();
@@ -82,7 +112,10 @@ pub async fn requeued_job_is_redelivered(queue: &dyn JobQueue) {
 
 pub async fn job_of_a_vanished_consumer_goes_to_another(queue: &dyn JobQueue) {
     let mut crashing = queue.consume_jobs(1).await.unwrap();
-    queue.publish_job(b"orphan".to_vec()).await.unwrap();
+    queue
+        .publish_job(b"orphan".to_vec(), &Default::default())
+        .await
+        .unwrap();
     let taken = next(&mut crashing).await;
     assert_eq!(text(&taken), "orphan");
 
@@ -99,7 +132,7 @@ pub async fn job_of_a_vanished_consumer_goes_to_another(queue: &dyn JobQueue) {
 pub async fn prefetch_bounds_unsettled_deliveries(queue: &dyn JobQueue) {
     for n in 1..=3 {
         queue
-            .publish_job(format!("job {n}").into_bytes())
+            .publish_job(format!("job {n}").into_bytes(), &Default::default())
             .await
             .unwrap();
     }
@@ -120,7 +153,10 @@ pub async fn prefetch_bounds_unsettled_deliveries(queue: &dyn JobQueue) {
 pub async fn dead_lettered_job_is_counted_and_not_redelivered(queue: &dyn JobQueue) {
     assert_eq!(queue.dead_letter_count().await.unwrap(), 0);
     let mut jobs = queue.consume_jobs(1).await.unwrap();
-    queue.publish_job(b"poison".to_vec()).await.unwrap();
+    queue
+        .publish_job(b"poison".to_vec(), &Default::default())
+        .await
+        .unwrap();
     next(&mut jobs).await.dead_letter().await.unwrap();
 
     dead_letters_reach(queue, 1).await;
@@ -130,7 +166,10 @@ pub async fn dead_lettered_job_is_counted_and_not_redelivered(queue: &dyn JobQue
 pub async fn job_returned_past_the_delivery_limit_is_dead_lettered(queue: &dyn JobQueue) {
     let limit = settings().delivery_limit;
     let mut jobs = queue.consume_jobs(1).await.unwrap();
-    queue.publish_job(b"crasher".to_vec()).await.unwrap();
+    queue
+        .publish_job(b"crasher".to_vec(), &Default::default())
+        .await
+        .unwrap();
     for _ in 0..=limit {
         let delivery = next(&mut jobs).await;
         assert_eq!(text(&delivery), "crasher");
@@ -226,6 +265,7 @@ macro_rules! queue_conformance {
             $setup,
             [
                 published_job_is_consumed_once_acked,
+                a_jobs_headers_travel_with_it_and_with_its_redelivery,
                 requeued_job_is_redelivered,
                 job_of_a_vanished_consumer_goes_to_another,
                 prefetch_bounds_unsettled_deliveries,

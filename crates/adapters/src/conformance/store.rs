@@ -27,6 +27,7 @@ fn spec() -> JobSpec {
         },
         gateway_key: "gw".into(),
         accepted_at_ms: ACCEPTED,
+        trace: Default::default(),
     }
 }
 

@@ -4,9 +4,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use crawler_core::ports::{Acker, AdapterError, AdapterResult, Delivery, DeliveryStream, Settle};
+use crawler_core::ports::{
+    Acker, AdapterError, AdapterResult, Delivery, DeliveryStream, Headers, Settle,
+};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, Consumer};
 
 use super::ENGINE;
@@ -34,6 +37,7 @@ pub(super) fn into_stream(consumer: Consumer, lifeline: Lifeline) -> DeliveryStr
     Box::pin(consumer.map(move |item| match item {
         Ok(delivery) => Ok(Delivery::new(
             delivery.data,
+            text_headers(delivery.properties.headers().as_ref()),
             delivery.redelivered,
             Box::new(RabbitAcker {
                 acker: Some(delivery.acker),
@@ -42,6 +46,37 @@ pub(super) fn into_stream(consumer: Consumer, lifeline: Lifeline) -> DeliveryStr
         )),
         Err(e) => Err(AdapterError::new(ENGINE, format!("consumer failed: {e}"))),
     }))
+}
+
+/// Our text headers as AMQP long strings.
+pub(super) fn field_table(headers: &Headers) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in headers {
+        table.insert(
+            key.as_str().into(),
+            AMQPValue::LongString(value.as_str().into()),
+        );
+    }
+    table
+}
+
+/// The text headers of a delivery; headers of other types are not ours.
+fn text_headers(table: Option<&FieldTable>) -> Headers {
+    table
+        .map(|table| {
+            table
+                .inner()
+                .iter()
+                .filter_map(|(key, value)| match value {
+                    AMQPValue::LongString(text) => Some((
+                        key.to_string(),
+                        String::from_utf8_lossy(text.as_bytes()).into_owned(),
+                    )),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 struct RabbitAcker {

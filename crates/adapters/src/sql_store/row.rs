@@ -223,6 +223,7 @@ mod tests {
                 options: CrawlOptions::default(),
                 gateway_key: "g".into(),
                 accepted_at_ms: 1_000,
+                trace: Default::default(),
             },
             state: JobState::Running,
             pages_done: 0,
