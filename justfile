@@ -12,10 +12,9 @@ up workers="2":
 test *args:
     scripts/test {{args}}
 
-# Formatting and lints, as CI expects them.
-lint:
-    cargo fmt --all -- --check
-    cargo clippy --workspace --all-targets -- -D warnings
+# Formatting, lints and the dependency policy, as CI checks them.
+lint *args:
+    scripts/lint {{args}}
 
 # Benchmarks: they print figures and ratios against a peer measured in the same run.
 bench:
@@ -31,5 +30,9 @@ bench:
 fuzz execs="10000000" *targets:
     scripts/fuzz {{execs}} {{targets}}
 
-# Everything a change must pass.
-verify: lint test
+# The compose cluster for real, with podman (builds the images).
+compose-test:
+    scripts/compose-test
+
+# Everything a change must pass (the test script runs the lints too).
+verify: test
