@@ -228,6 +228,64 @@ async fn bad_input_gets_a_clear_error_and_the_connection_stays_usable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_the_lock_server_refuses_for_good_fails_with_the_reason() {
+    use crawler_core::events::GatewayEvent;
+    use crawler_core::model::{JobId, JobSpec, JobState};
+    use futures::StreamExt;
+
+    let cluster = Cluster::start(1, 0, &[], &[]).await;
+    let queue = cluster.queue().await;
+    let mut events = queue.consume_events("refusal-probe").await.unwrap();
+    // No job id: the lock server can never store it, so a retry cannot help.
+    let spec = JobSpec {
+        job_id: JobId(String::new()),
+        client_id: "client".into(),
+        client_job_id: "J".into(),
+        url: "http://127.0.0.1:9/".into(),
+        depth: 0,
+        options: Default::default(),
+        gateway_key: "refusal-probe".into(),
+        accepted_at_ms: 0,
+        trace: Default::default(),
+    };
+    queue
+        .publish_job(serde_json::to_vec(&spec).unwrap(), &Default::default())
+        .await
+        .unwrap();
+
+    let delivery = tokio::time::timeout(std::time::Duration::from_secs(30), events.next())
+        .await
+        .expect("the refusal reached the job's gateway")
+        .expect("the event stream is open")
+        .unwrap();
+    let GatewayEvent::Finished { record } = GatewayEvent::from_bytes(&delivery.payload).unwrap()
+    else {
+        panic!("expected the job's end, not progress");
+    };
+    assert_eq!(record.state, JobState::Failed);
+    let failure = record.failure.expect("a failure says why");
+    assert_eq!(failure.code.as_str(), "crawl_failed");
+    assert!(
+        failure.message.contains("the lock server refused the job"),
+        "{}",
+        failure.message
+    );
+    delivery.ack().await.unwrap();
+    // Parked for an operator too, not retried.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while queue.dead_letter_count().await.unwrap() < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refused job was never dead-lettered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(cluster.locks[0].count_log("lease granted"), 0);
+    queue.close_connection().await;
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_masters_and_three_workers_share_twenty_concurrent_jobs() {
     let cluster = Cluster::start(2, 3, &["--max-jobs", "3"], &[]).await;
     let site = SampleSite::start().await.unwrap();

@@ -8,7 +8,7 @@ use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
 use cluster_tests::levels_of;
-use cluster_tests::processes::Cluster;
+use cluster_tests::processes::{Cluster, http_get, metric_value};
 use cluster_tests::ws::WsClient;
 use crawler_core::ports::JobQueue;
 use tokio::sync::{Notify, watch};
@@ -56,7 +56,7 @@ async fn gated_site() -> GatedSite {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_held_by_a_killed_worker_is_sent_to_another_and_the_job_completes() {
-    let mut cluster = Cluster::start(1, 1, &[], &[]).await;
+    let mut cluster = Cluster::start(1, 1, &["--admin-listen", "127.0.0.1:0"], &[]).await;
     let site = gated_site().await;
     let mut client = WsClient::connect(&cluster.ws_url()).await;
     client.submit("J", &format!("{}/", site.base), 1).await;
@@ -87,6 +87,11 @@ async fn a_batch_held_by_a_killed_worker_is_sent_to_another_and_the_job_complete
         site.slow_hits.load(Ordering::SeqCst),
         2,
         "fetched by the dead worker, then again by the new one"
+    );
+    let (_, metrics) = http_get(&cluster.masters[0].admin_addr().await, "/metrics").await;
+    assert_eq!(
+        metric_value(&metrics, "crawler_master_batches_redispatched_total"),
+        Some(1.0)
     );
     cluster.cleanup().await;
 }

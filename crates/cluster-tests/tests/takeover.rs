@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use cluster_tests::levels_of;
-use cluster_tests::processes::{Cluster, ClusterSpec};
+use cluster_tests::processes::{Cluster, ClusterSpec, http_get, metric_value};
 use cluster_tests::site::{SitePlan, TestSite};
 use cluster_tests::ws::WsClient;
 use crawler_core::ports::JobQueue;
@@ -53,7 +53,11 @@ async fn assert_resumed_result(cluster: &Cluster, site: &TestSite, client: &mut 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_mid_level_is_taken_over_from_its_last_level() {
-    let mut cluster = ClusterSpec::new(2, 2).start().await;
+    let mut cluster = ClusterSpec::new(2, 2)
+        .master_args(&["--admin-listen", "127.0.0.1:0"])
+        .lock_args(&["--admin-listen", "127.0.0.1:0"])
+        .start()
+        .await;
     let site = site().await;
     let mut client = WsClient::connect(&cluster.ws_url()).await;
     let holder = crawl_in_level_two(&cluster, &site, &mut client).await;
@@ -81,6 +85,21 @@ async fn a_master_killed_mid_level_is_taken_over_from_its_last_level() {
 
     site.open_gate();
     assert_resumed_result(&cluster, &site, &mut client).await;
+    let (_, metrics) = http_get(&cluster.masters[heir].admin_addr().await, "/metrics").await;
+    assert_eq!(
+        metric_value(&metrics, "crawler_master_pages_resumed_total"),
+        Some(4.0),
+        "the heir counts the 4 pages of levels 0 and 1 as resumed, not fetched"
+    );
+    assert_eq!(
+        metric_value(&metrics, "crawler_master_jobs_taken_over_total"),
+        Some(1.0)
+    );
+    let (_, metrics) = http_get(&cluster.locks[0].admin_addr().await, "/metrics").await;
+    assert_eq!(
+        metric_value(&metrics, "crawler_lock_server_takeovers_total"),
+        Some(1.0)
+    );
     cluster.cleanup().await;
 }
 
@@ -115,11 +134,18 @@ async fn a_master_stopped_with_sigterm_hands_its_job_over_at_once() {
     cluster.cleanup().await;
 }
 
-#[test]
-fn a_lease_the_lock_server_would_refuse_is_refused_at_start() {
-    let output = std::process::Command::new(cluster_tests::processes::binary("master"))
+#[tokio::test]
+async fn a_lease_the_lock_server_would_refuse_is_refused_at_start() {
+    // Engines nobody listens on: the refusal must come before any connection.
+    let master = tokio::process::Command::new(cluster_tests::processes::binary("master"))
         .args(["--listen", "127.0.0.1:0", "--lease-ttl-ms", "700000"])
-        .output()
+        .args(["--amqp-url", "amqp://guest:guest@127.0.0.1:9/%2f"])
+        .args(["--redis-url", "redis://127.0.0.1:9/"])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(10), master)
+        .await
+        .expect("the master refused its configuration without waiting for engines")
         .expect("run the master");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -232,6 +232,22 @@ pub struct JobRecord {
     pub elapsed_ms: u64,
 }
 
+impl JobRecord {
+    /// A job that failed before the store could take it (the lock server
+    /// refused it): how it looks to its client.
+    pub fn failed(spec: JobSpec, failure: JobFailure) -> Self {
+        Self {
+            spec,
+            state: JobState::Failed,
+            pages_done: 0,
+            current_depth: 0,
+            result: None,
+            failure: Some(failure),
+            elapsed_ms: 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

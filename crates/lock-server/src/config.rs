@@ -46,6 +46,14 @@ pub struct LockServerConfig {
 }
 
 impl LockServerConfig {
+    /// Refuses what the service would refuse later, before it waits for
+    /// Postgres: a bad setting is reported at once, not after a connection.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        crawler_core::lease::checked_ttl(Duration::from_millis(self.leader_ttl_ms))
+            .map_err(|e| anyhow::anyhow!("--leader-ttl-ms: {e}"))?;
+        Ok(())
+    }
+
     pub fn replica(&self) -> ReplicaSettings {
         let mut replica = ReplicaSettings::single();
         if let Some(id) = &self.id {

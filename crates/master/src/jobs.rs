@@ -76,6 +76,15 @@ async fn take_delivery(ctx: Arc<JobContext>, delivery: Delivery) {
     };
     let job_id = spec.job_id.clone();
     tracing::Span::current().record("job_id", tracing::field::display(&job_id));
+    if ctx.lock_running().contains(&job_id) {
+        // A second copy (the outbox published it again): acquiring it would
+        // fence out this master's own run of it and start it over.
+        tracing::info!(%job_id, "job already running here; dropping the second copy");
+        if let Err(e) = delivery.ack().await {
+            tracing::warn!(%job_id, error = %e, "cannot ack job message");
+        }
+        return;
+    }
     tracing::info!(%job_id, redelivered = delivery.redelivered, "job received; acquiring its lease");
     let request = v1::AcquireRequest {
         job: Some((&spec).into()),
@@ -108,8 +117,14 @@ async fn take_delivery(ctx: Arc<JobContext>, delivery: Delivery) {
             return;
         }
         Err(RetryError::Permanent(status) | RetryError::Exhausted(status)) => {
-            // Another try would be refused the same way: park it for an operator.
-            tracing::error!(%job_id, error = %status.message(), "lock server refused the job; dead-lettering it");
+            // Another try would be refused the same way: the client hears why,
+            // and the message is parked for an operator.
+            tracing::error!(%job_id, error = %status.message(), "lock server refused the job; failing it and dead-lettering it");
+            let failure = JobFailure {
+                code: ErrorCode::CrawlFailed,
+                message: format!("the lock server refused the job: {}", status.message()),
+            };
+            publish_finished(&ctx, JobRecord::failed(spec, failure)).await;
             if let Err(e) = delivery.dead_letter().await {
                 tracing::warn!(%job_id, error = %e, "cannot dead-letter message");
             }
@@ -162,16 +177,23 @@ pub async fn claim_orphan(ctx: &JobContext) -> Option<(JobSpec, v1::Lease, Strin
     }
 }
 
-/// Runs a job this master has just taken over from `previous_master`.
+/// Runs a job this master has just taken over from `previous_master`, in
+/// the job's own trace (its context is kept in the spec).
 pub async fn run_orphan(
     ctx: &Arc<JobContext>,
     spec: JobSpec,
     lease: v1::Lease,
     previous_master: String,
 ) {
-    ctx.stats.jobs_taken_over.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(job_id = %spec.job_id, %previous_master, token = lease.fencing_token, "took over an orphaned job");
-    run_job(ctx, spec, lease).await;
+    let span = tracing::info_span!("job.takeover", job_id = %spec.job_id, %previous_master);
+    crawler_core::trace::set_parent(&span, &spec.trace);
+    async {
+        ctx.stats.jobs_taken_over.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(job_id = %spec.job_id, %previous_master, token = lease.fencing_token, "took over an orphaned job");
+        run_job(ctx, spec, lease).await;
+    }
+    .instrument(span)
+    .await;
 }
 
 async fn run_job(ctx: &Arc<JobContext>, spec: JobSpec, lease: v1::Lease) {

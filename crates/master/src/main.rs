@@ -11,6 +11,8 @@ async fn main() -> anyhow::Result<()> {
     if crawler_core::config::dump_if_asked(&config, &config.service) {
         return Ok(());
     }
+    // Refused before any engine is awaited, so a bad setting fails at once.
+    config.validate()?;
     let _telemetry =
         crawler_core::telemetry::init_tracing("master", "info", config.service.log_format);
     let shutdown = crawler_core::shutdown::on_signal();

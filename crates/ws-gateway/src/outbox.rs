@@ -4,7 +4,8 @@
 //! pending" until a publish is confirmed (or a master leases it), and every
 //! gateway relays the entries that have waited past a grace, whichever
 //! gateway recorded them. A job published twice is harmless: its lease lets
-//! one master run it, and the other delivery is acked as held elsewhere.
+//! one master run it. The other copy is acked as held elsewhere, or, when
+//! it reaches the master running the job, as a copy of a running job.
 
 use std::time::Duration;
 
