@@ -9,10 +9,17 @@ use cluster_tests::ws::WsClient;
 
 const ADMIN: [&str; 2] = ["--admin-listen", "127.0.0.1:0"];
 
-/// The service's probes answer 200, and each named metric is above zero
-/// (some move a moment after the client has its result, such as a publish
-/// counted once its confirm arrives: they are given a deadline).
-async fn assert_probed_and_moved(service: &Service, addr: &str, names: &[&str]) {
+/// The service's probes answer 200, each named counter has grown since
+/// `before` (some grow a moment after the client has its result, such as a
+/// publish counted once its confirm arrives: they are given a deadline),
+/// and each named gauge is above zero.
+async fn assert_probed_and_moved(
+    service: &Service,
+    addr: &str,
+    before: &str,
+    counters: &[&str],
+    gauges: &[&str],
+) {
     for probe in ["/healthz", "/readyz"] {
         let (status, body) = http_get(addr, probe).await;
         assert_eq!(status, 200, "{} {probe}: {body}", service.name);
@@ -22,17 +29,27 @@ async fn assert_probed_and_moved(service: &Service, addr: &str, names: &[&str]) 
     loop {
         let (status, metrics) = http_get(addr, "/metrics").await;
         assert_eq!(status, 200, "{} /metrics", service.name);
-        let still = names
+        let grew = |name: &&str| {
+            let was = metric_value(before, name).unwrap_or(0.0);
+            metric_value(&metrics, name).is_some_and(|now| now > was)
+        };
+        let positive = |name: &&str| metric_value(&metrics, name).is_some_and(|v| v > 0.0);
+        let still = counters
             .iter()
-            .find(|name| !metric_value(&metrics, name).is_some_and(|v| v > 0.0));
+            .find(|name| !grew(name))
+            .or_else(|| gauges.iter().find(|name| !positive(name)));
         let Some(still) = still else { return };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{}: {still} never moved above 0 in:\n{metrics}",
+            "{}: {still} did not move (before the crawl:\n{before}\nafter:\n{metrics})",
             service.name
         );
         tick.tick().await;
     }
+}
+
+async fn scrape(addr: &str) -> String {
+    http_get(addr, "/metrics").await.1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,26 +61,37 @@ async fn every_service_is_probed_and_its_metrics_move_with_a_crawl() {
         .start()
         .await;
     let site = TestSite::serve(SitePlan::tree(&[3])).await;
+    let gateway_admin = cluster.gateway.addr().to_string();
+    let master_admin = cluster.masters[0].admin_addr().await;
+    let lock_admin = cluster.locks[0].admin_addr().await;
+    let worker_admin = cluster.workers[0].admin_addr().await;
+    let before = [
+        scrape(&gateway_admin).await,
+        scrape(&master_admin).await,
+        scrape(&lock_admin).await,
+        scrape(&worker_admin).await,
+    ];
     let mut client = WsClient::connect(&cluster.ws_url()).await;
     client.submit("J", &site.url("/"), 1).await;
     client.result("J").await;
 
     assert_probed_and_moved(
         &cluster.gateway,
-        cluster.gateway.addr(),
+        &gateway_admin,
+        &before[0],
         &[
             "crawler_gateway_jobs_accepted_total",
             "crawler_gateway_jobs_published_total",
             "crawler_gateway_events_consumed_total",
             "crawler_gateway_results_delivered_total",
-            "crawler_gateway_connections",
         ],
+        &["crawler_gateway_connections"],
     )
     .await;
-    let master = &cluster.masters[0];
     assert_probed_and_moved(
-        master,
-        &master.admin_addr().await,
+        &cluster.masters[0],
+        &master_admin,
+        &before[1],
         &[
             "crawler_master_jobs_consumed_total",
             "crawler_master_jobs_started_total",
@@ -71,31 +99,31 @@ async fn every_service_is_probed_and_its_metrics_move_with_a_crawl() {
             "crawler_master_jobs_ended_total{outcome=\"done\"}",
             "crawler_master_job_duration_seconds_count",
             "crawler_master_results_published_total",
-            "crawler_master_workers_connected",
         ],
+        &["crawler_master_workers_connected"],
     )
     .await;
-    let lock = &cluster.locks[0];
     assert_probed_and_moved(
-        lock,
-        &lock.admin_addr().await,
+        &cluster.locks[0],
+        &lock_admin,
+        &before[2],
         &[
             "crawler_lock_server_leases_granted_total",
             "crawler_lock_server_completions_total{outcome=\"done\"}",
-            "crawler_lock_server_leader",
         ],
+        &["crawler_lock_server_leader"],
     )
     .await;
-    let worker = &cluster.workers[0];
     assert_probed_and_moved(
-        worker,
-        &worker.admin_addr().await,
+        &cluster.workers[0],
+        &worker_admin,
+        &before[3],
         &[
             "crawler_worker_pages_fetched_total{status=\"2xx\"}",
             "crawler_worker_fetch_duration_seconds_count",
             "crawler_worker_batches_total",
-            "crawler_worker_masters_registered",
         ],
+        &["crawler_worker_masters_registered"],
     )
     .await;
     cluster.cleanup().await;

@@ -24,6 +24,7 @@ pub struct WorkerConfig {
         value_delimiter = ',',
         default_value = "http://127.0.0.1:50052"
     )]
+    #[serde(serialize_with = "crawler_core::config::redacted_urls")]
     pub masters: Vec<String>,
     /// This worker's id; random when not set.
     #[arg(long, env = "WORKER__ID", default_value_t = format!("worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))]
@@ -68,6 +69,7 @@ pub struct WorkerConfig {
         env = "WORKER__FILE_SYNC",
         default_value = "http://127.0.0.1:50053"
     )]
+    #[serde(serialize_with = "crawler_core::config::redacted_url")]
     pub file_sync: String,
     /// Folder spiders are synced into; defaults to a folder per worker id under the system temp dir.
     #[arg(long, env = "WORKER__SPIDER_DIR")]

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -39,12 +40,13 @@ impl Target {
     }
 
     /// The master URLs this target stands for now: one per address.
-    async fn resolve(&mut self) -> &BTreeSet<String> {
-        let host = self.url.host_str().unwrap_or_default().to_string();
+    async fn resolve(&mut self, lookup: &Lookup) -> &BTreeSet<String> {
+        let host = self.url.host_str().unwrap_or_default();
         let port = self.url.port_or_known_default().unwrap_or(80);
-        match tokio::net::lookup_host((host.trim_matches(['[', ']']), port)).await {
+        match lookup(host.trim_matches(['[', ']']).to_string(), port).await {
             Ok(addrs) => {
                 let found: BTreeSet<String> = addrs
+                    .into_iter()
                     .map(|addr| endpoint(self.url.scheme(), addr))
                     .collect();
                 if found.is_empty() {
@@ -73,10 +75,33 @@ fn endpoint(scheme: &str, addr: SocketAddr) -> String {
 pub type StartSession =
     dyn Fn(String, CancellationToken, Arc<Notify>) -> JoinHandle<()> + Send + Sync;
 
+/// Resolves a host and port to socket addresses.
+pub type Lookup =
+    dyn Fn(String, u16) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> + Send + Sync;
+
+/// The system resolver (DNS, /etc/hosts).
+fn system_lookup(host: String, port: u16) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> {
+    Box::pin(async move {
+        Ok(tokio::net::lookup_host((host.as_str(), port))
+            .await?
+            .collect())
+    })
+}
+
 /// Keeps one session per resolved master address until `shutdown`, then
 /// waits for every session to drain.
 pub async fn serve_masters(
     configured: &[String],
+    start: &StartSession,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    serve_resolved(configured, &system_lookup, start, shutdown).await
+}
+
+/// [`serve_masters`] with the resolver given.
+async fn serve_resolved(
+    configured: &[String],
+    lookup: &Lookup,
     start: &StartSession,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -89,7 +114,7 @@ pub async fn serve_masters(
     loop {
         let mut wanted = BTreeSet::new();
         for target in &mut targets {
-            wanted.extend(target.resolve().await.iter().cloned());
+            wanted.extend(target.resolve(lookup).await.iter().cloned());
         }
         sessions.retain(|address, (stop, _)| {
             let keep = wanted.contains(address);
@@ -122,6 +147,7 @@ pub async fn serve_masters(
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn bad_master_urls_are_refused_clearly() {
@@ -130,45 +156,122 @@ mod tests {
         assert!(Target::parse("http://master:50052").is_ok());
     }
 
+    /// What a fake name resolves to; the test changes it as masters scale.
+    type Answers = Arc<Mutex<Vec<SocketAddr>>>;
+
+    /// A resolver of the one name `masters`, counting its lookups.
+    fn fake_lookup(answers: Answers, lookups: Arc<AtomicUsize>) -> Box<Lookup> {
+        Box::new(move |host, _port| {
+            lookups.fetch_add(1, Ordering::SeqCst);
+            let answer = answers.lock().unwrap().clone();
+            Box::pin(async move {
+                assert_eq!(host, "masters");
+                Ok(answer)
+            })
+        })
+    }
+
+    /// Sessions started, and the stop token of each.
+    type Sessions = Arc<Mutex<Vec<(String, CancellationToken)>>>;
+
+    async fn wait_for(
+        sessions: &Sessions,
+        what: &str,
+        done: impl Fn(&[(String, CancellationToken)]) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !done(&sessions.lock().unwrap()) {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[tokio::test]
-    async fn a_name_with_two_addresses_gets_a_session_each() {
-        // `localhost` resolves to 127.0.0.1 and, where IPv6 is set up, ::1.
-        let started = Arc::new(Mutex::new(Vec::new()));
-        let seen = started.clone();
-        let start: Box<StartSession> = Box::new(move |address, stop, _lost| {
-            seen.lock().unwrap().push(address);
+    async fn each_address_of_a_name_gets_a_session_and_the_name_is_followed_as_it_changes() {
+        let addr = |port: u16| SocketAddr::from(([10, 0, 0, 1], port));
+        let answers: Answers = Arc::new(Mutex::new(vec![addr(1), addr(2)]));
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let lookup = fake_lookup(answers.clone(), lookups.clone());
+        let sessions: Sessions = Arc::default();
+        let lost = Arc::new(Mutex::new(None::<Arc<Notify>>));
+        let (seen, lost_slot) = (sessions.clone(), lost.clone());
+        let start: Box<StartSession> = Box::new(move |address, stop, notify| {
+            seen.lock().unwrap().push((address, stop.clone()));
+            *lost_slot.lock().unwrap() = Some(notify);
             tokio::spawn(async move { stop.cancelled().await })
         });
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let serving = tokio::spawn(async move {
-            serve_masters(
-                &[
-                    "http://localhost:50052".into(),
-                    "http://127.0.0.1:50052".into(),
-                ],
-                &*start,
-                stop,
-            )
-            .await
+            serve_resolved(&["http://masters:50052".into()], &*lookup, &*start, stop).await
         });
+        wait_for(&sessions, "a session per address", |s| s.len() == 2).await;
+        let names: BTreeSet<String> = sessions
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(a, _)| a.clone())
+            .collect();
+        assert_eq!(
+            names,
+            BTreeSet::from([
+                "http://10.0.0.1:1".to_string(),
+                "http://10.0.0.1:2".to_string()
+            ])
+        );
+
+        // The masters scale: :1 goes, :3 comes. A lost stream makes the
+        // worker look again at once, without waiting for the timer.
+        *answers.lock().unwrap() = vec![addr(2), addr(3)];
+        lost.lock().unwrap().clone().unwrap().notify_one();
+        wait_for(&sessions, "a session for the new address", |s| s.len() == 3).await;
+        {
+            let sessions = sessions.lock().unwrap();
+            let stopped = |address: &str| {
+                sessions
+                    .iter()
+                    .find(|(a, _)| a == address)
+                    .is_some_and(|(_, stop)| stop.is_cancelled())
+            };
+            assert!(
+                stopped("http://10.0.0.1:1"),
+                "the address no longer listed drains"
+            );
+            assert!(
+                !stopped("http://10.0.0.1:2"),
+                "a kept address keeps its stream"
+            );
+            assert_eq!(sessions[2].0, "http://10.0.0.1:3");
+        }
+
+        // A lookup that finds nothing keeps the masters it knows.
+        let looked = lookups.load(Ordering::SeqCst);
+        answers.lock().unwrap().clear();
+        lost.lock().unwrap().clone().unwrap().notify_one();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while started.lock().unwrap().is_empty() {
-            assert!(tokio::time::Instant::now() < deadline, "no session started");
+        while lookups.load(Ordering::SeqCst) == looked {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no lookup after a lost stream"
+            );
             tokio::task::yield_now().await;
+        }
+        // The loop acts on a lookup before it waits again; one more turn of
+        // it proves the empty answer was acted on.
+        lost.lock().unwrap().clone().unwrap().notify_one();
+        while lookups.load(Ordering::SeqCst) < looked + 2 {
+            assert!(tokio::time::Instant::now() < deadline, "no second lookup");
+            tokio::task::yield_now().await;
+        }
+        {
+            let sessions = sessions.lock().unwrap();
+            assert_eq!(sessions.len(), 3, "no session started");
+            assert!(
+                sessions[1..].iter().all(|(_, stop)| !stop.is_cancelled()),
+                "an empty answer drains nothing"
+            );
         }
         shutdown.cancel();
         serving.await.unwrap().unwrap();
-        let started = started.lock().unwrap().clone();
-        assert!(
-            started.contains(&"http://127.0.0.1:50052".to_string()),
-            "{started:?}"
-        );
-        let unique: BTreeSet<_> = started.iter().collect();
-        assert_eq!(
-            unique.len(),
-            started.len(),
-            "one session per address: {started:?}"
-        );
     }
 }
