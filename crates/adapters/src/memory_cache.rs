@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use crawler_core::model::CrawlResult;
+use crawler_core::model::CachedCrawl;
 use crawler_core::ports::{AdapterResult, ResultCache};
 use moka::Expiry;
 use moka::future::Cache;
@@ -14,7 +14,7 @@ use moka::ops::compute::Op;
 
 #[derive(Clone)]
 struct Entry {
-    result: Arc<CrawlResult>,
+    crawl: Arc<CachedCrawl>,
     ttl: Duration,
 }
 
@@ -49,14 +49,14 @@ impl MemoryCache {
 
     /// A cache bounded by the pages it holds rather than its entry count:
     /// crawl results range from one page to thousands, so counting entries
-    /// would bound nothing useful.
+    /// would bound nothing useful. An entry without its pages (a large
+    /// crawl's, whose pages are in the store) weighs one.
     pub fn new(capacity_pages: u64) -> Self {
         let entries = Cache::builder()
             .max_capacity(capacity_pages)
             .weigher(|_: &String, entry: &Entry| {
-                u32::try_from(entry.result.pages.len())
-                    .unwrap_or(u32::MAX)
-                    .saturating_add(1)
+                let pages = entry.crawl.pages.as_ref().map_or(0, Vec::len);
+                u32::try_from(pages).unwrap_or(u32::MAX).saturating_add(1)
             })
             .expire_after(PerEntryTtl)
             .build();
@@ -72,17 +72,17 @@ impl Default for MemoryCache {
 
 #[async_trait]
 impl ResultCache for MemoryCache {
-    async fn get(&self, key: &str) -> AdapterResult<Option<CrawlResult>> {
+    async fn get(&self, key: &str) -> AdapterResult<Option<CachedCrawl>> {
         Ok(self
             .entries
             .get(key)
             .await
-            .map(|entry| CrawlResult::clone(&entry.result)))
+            .map(|entry| CachedCrawl::clone(&entry.crawl)))
     }
 
-    async fn put(&self, key: &str, result: &CrawlResult, ttl: Duration) -> AdapterResult<()> {
+    async fn put(&self, key: &str, crawl: &CachedCrawl, ttl: Duration) -> AdapterResult<()> {
         let fresh = Entry {
-            result: Arc::new(result.clone()),
+            crawl: Arc::new(crawl.clone()),
             ttl,
         };
         // `and_compute_with` runs the compare and the store under moka's
@@ -91,7 +91,11 @@ impl ResultCache for MemoryCache {
             .entry(key.to_string())
             .and_compute_with(|cached| async move {
                 match cached {
-                    Some(cached) if cached.value().result.depth > fresh.result.depth => Op::Nop,
+                    Some(cached)
+                        if cached.value().crawl.summary.depth > fresh.crawl.summary.depth =>
+                    {
+                        Op::Nop
+                    }
                     _ => Op::Put(fresh),
                 }
             })

@@ -1,14 +1,15 @@
 //! The Redis result cache of a cluster.
 //!
 //! Each entry is a hash `{ns}:{key}` with the crawl's `depth` and its JSON
-//! `result`. A shallower crawl must never replace a deeper one (the deeper
+//! `crawl` (a [`CachedCrawl`]: its summary, the job whose stored pages hold
+//! it, and the pages when they are few). A shallower crawl must never replace a deeper one (the deeper
 //! one answers both), and two masters may finish crawls of the same key at
 //! once, so the compare-and-set runs as one Lua script on the server.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use crawler_core::model::CrawlResult;
+use crawler_core::model::CachedCrawl;
 use crawler_core::ports::{AdapterError, AdapterResult, ResultCache};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
@@ -24,7 +25,7 @@ local cached = redis.call('HGET', KEYS[1], 'depth')
 if cached and tonumber(cached) > tonumber(ARGV[1]) then
   return 0
 end
-redis.call('HSET', KEYS[1], 'depth', ARGV[1], 'result', ARGV[2])
+redis.call('HSET', KEYS[1], 'depth', ARGV[1], 'crawl', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
@@ -76,10 +77,10 @@ impl RedisCache {
 
 #[async_trait]
 impl ResultCache for RedisCache {
-    async fn get(&self, key: &str) -> AdapterResult<Option<CrawlResult>> {
+    async fn get(&self, key: &str) -> AdapterResult<Option<CachedCrawl>> {
         let mut connection = self.connection.clone();
         let json: Option<String> = connection
-            .hget(self.key(key), "result")
+            .hget(self.key(key), "crawl")
             .await
             .map_err(|e| self.failure("cannot read the cache", e))?;
         json.map(|json| {
@@ -89,16 +90,16 @@ impl ResultCache for RedisCache {
         .transpose()
     }
 
-    async fn put(&self, key: &str, result: &CrawlResult, ttl: Duration) -> AdapterResult<()> {
-        let json = serde_json::to_string(result)
-            .map_err(|e| AdapterError::new(ENGINE, format!("cannot encode the result: {e}")))?;
+    async fn put(&self, key: &str, crawl: &CachedCrawl, ttl: Duration) -> AdapterResult<()> {
+        let json = serde_json::to_string(crawl)
+            .map_err(|e| AdapterError::new(ENGINE, format!("cannot encode the crawl: {e}")))?;
         // PEXPIRE refuses 0; a zero TTL still means "expire at once".
         let ttl_ms = ttl.as_millis().clamp(1, i64::MAX as u128) as i64;
         let mut connection = self.connection.clone();
         let _stored: i64 = self
             .put_script
             .key(self.key(key))
-            .arg(result.depth)
+            .arg(crawl.summary.depth)
             .arg(json)
             .arg(ttl_ms)
             .invoke_async(&mut connection)

@@ -11,7 +11,7 @@ use crawler_adapters::{
     ClusterEngineConfig, PgStore, QueueSettings, RabbitQueue, RedisCache, SqliteStore,
     cluster_engines, embedded_engines,
 };
-use crawler_core::model::{CrawlOptions, CrawlResult, JobId, JobSpec};
+use crawler_core::model::{CachedCrawl, CrawlOptions, JobId, JobSpec};
 use crawler_core::ports::{InsertOutcome, JobQueue};
 use futures::StreamExt;
 
@@ -170,7 +170,15 @@ async fn embedded_engines_need_no_infrastructure() {
     );
     engines
         .cache
-        .put("k", &CrawlResult::default(), Duration::from_secs(60))
+        .put(
+            "k",
+            &CachedCrawl {
+                summary: Default::default(),
+                job_id: spec.job_id.clone(),
+                pages: Some(Vec::new()),
+            },
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
     assert!(engines.cache.get("k").await.unwrap().is_some());

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crawler_core::protocol::{Assembled, ResultAssembler, ServerMessage};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -104,10 +105,33 @@ impl WsClient {
         }
     }
 
-    /// The final message of a job: its `result` or its `error`.
+    /// The final message of a job: its `result` (put back together when
+    /// it came in parts) or its `error`.
     pub async fn outcome(&mut self, job_id: &str) -> Value {
-        self.next_where(|m| m["jobId"] == job_id && (m["type"] == "result" || m["type"] == "error"))
-            .await
+        let first = self
+            .next_where(|m| {
+                m["jobId"] == job_id
+                    && (m["type"] == "result" || m["type"] == "error" || m["type"] == "resultHead")
+            })
+            .await;
+        if first["type"] != "resultHead" {
+            return first;
+        }
+        let head: ServerMessage = serde_json::from_value(first).expect("a result head");
+        let mut parts = ResultAssembler::new(head).expect("a result head");
+        loop {
+            let part = self
+                .next_where(|m| m["jobId"] == job_id && m["type"] == "resultPart")
+                .await;
+            let ServerMessage::ResultPart { part, pages, .. } =
+                serde_json::from_value(part).expect("a result part")
+            else {
+                unreachable!("matched by type");
+            };
+            if let Assembled::Done(result) = parts.add(part, pages).expect("parts in order") {
+                return serde_json::to_value(result).expect("a result is JSON");
+            }
+        }
     }
 
     /// A result, failing the test with the error if one came instead.

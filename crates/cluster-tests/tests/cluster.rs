@@ -258,7 +258,8 @@ async fn a_job_the_lock_server_refuses_for_good_fails_with_the_reason() {
         .expect("the refusal reached the job's gateway")
         .expect("the event stream is open")
         .unwrap();
-    let GatewayEvent::Finished { record } = GatewayEvent::from_bytes(&delivery.payload).unwrap()
+    let GatewayEvent::Finished { record, .. } =
+        GatewayEvent::from_bytes(&delivery.payload).unwrap()
     else {
         panic!("expected the job's end, not progress");
     };

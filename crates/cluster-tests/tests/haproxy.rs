@@ -112,6 +112,9 @@ async fn clients_spread_over_two_gateways_and_survive_one_of_them_dying() {
         client.wait_closed().await;
         let mut back = WsClient::reconnect(&front, &client.client_id).await;
         assert_ne!(back.gateway, dead_id, "HAProxy sent it to the dead gateway");
+        // Unasked, it hears where its job stands, and its events follow it.
+        let progress = back.next_where(|m| m["jobId"] == "J").await;
+        assert_eq!(progress["type"], "progress", "{progress}");
         back.send_json(&json!({"type": "submit", "jobId": "J", "url": job_url(i), "depth": 0}))
             .await;
         let attached = back.next_where(|m| m["jobId"] == "J").await;

@@ -23,12 +23,14 @@ async fn site(gated_depth: u32) -> TestSite {
     TestSite::serve(SitePlan::tree(&[2, 2]).gate_depth(gated_depth)).await
 }
 
-/// Job `J` crawls the gated site and is held in the middle of level 2.
+/// Job `J` crawls the gated site and is held in the middle of level 2,
+/// with levels 0 and 1 durable (lock-0 leads, and saved them).
 async fn crawl_held_in_level_two(cluster: &Cluster) -> (TestSite, WsClient) {
     let site = site(2).await;
     let mut client = WsClient::connect(&cluster.ws_url()).await;
     client.submit("J", &site.url("/"), 2).await;
     site.gated_requests(1).await;
+    cluster.locks[0].wait_for_log("level saved", 2).await;
     (site, client)
 }
 

@@ -33,6 +33,11 @@ async fn a_publish_that_fails_after_the_insert_is_published_again_and_a_retry_at
     drop(client);
     let base = cluster.ws_url();
     let mut client = WsClient::reconnect(&base, &client_id).await;
+    let queued = client.next_where(|m| m["jobId"] == "J").await;
+    assert_eq!(
+        queued["type"], "progress",
+        "told where its job stands: {queued}"
+    );
     client.submit("J", &site.url("/"), 1).await;
     let attached = client.next_where(|m| m["jobId"] == "J").await;
     assert_eq!(

@@ -77,11 +77,10 @@ async fn a_master_killed_mid_level_is_taken_over_from_its_last_level() {
         takeover < Duration::from_secs(5),
         "took {takeover:?}; the defaults promise 5 s"
     );
-    assert_eq!(
-        cluster.masters[heir].count_log("levels_done=2 pages_kept=4"),
-        1,
-        "it continues from level 2 with the 4 pages of levels 0 and 1"
-    );
+    // It continues from level 2 with the 4 pages of levels 0 and 1.
+    cluster.masters[heir]
+        .wait_for_log("levels_done=2 pages_kept=4", 1)
+        .await;
 
     site.open_gate();
     assert_resumed_result(&cluster, &site, &mut client).await;

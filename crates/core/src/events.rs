@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{JobId, JobRecord};
+use crate::model::{JobId, JobRecord, PageFacts};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
@@ -16,8 +16,14 @@ pub enum GatewayEvent {
         pages_done: u32,
         current_depth: u32,
     },
-    /// The job ended: `record` holds its spec and its result or failure.
-    Finished { record: Box<JobRecord> },
+    /// The job ended: `record` holds its spec and its result's summary or
+    /// its failure; `pages` the result's pages when they are few (a large
+    /// result's pages are read from the store, never sent in one message).
+    Finished {
+        record: Box<JobRecord>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pages: Option<Vec<PageFacts>>,
+    },
 }
 
 impl GatewayEvent {

@@ -89,6 +89,9 @@ pub struct PageFacts {
 }
 
 /// A finished crawl: `levels[i]` holds the URLs first found at depth `i`.
+/// The store keeps a crawl's pages one row each and this whole value is
+/// only put together for a result small enough to send in one message
+/// (see [`ResultSummary`] for what travels otherwise).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CrawlResult {
@@ -103,29 +106,46 @@ pub struct CrawlResult {
 }
 
 impl CrawlResult {
-    /// The same crawl as if it had been run to `depth` only. A crawl to a
-    /// greater depth with the same options fetched exactly these pages first,
-    /// because each level depends only on the levels before it.
-    pub fn trimmed_to(&self, depth: u32) -> Self {
-        if depth >= self.depth {
-            return self.clone();
+    /// The result `summary` describes, from its pages (ordered by depth,
+    /// then URL, as the store returns them): each level's pages are sorted
+    /// by URL, so their URLs are the level.
+    pub fn assemble(summary: &ResultSummary, pages: Vec<PageFacts>) -> Self {
+        let mut levels: Vec<Vec<String>> = summary
+            .level_sizes
+            .iter()
+            .map(|&n| Vec::with_capacity(n as usize))
+            .collect();
+        for page in &pages {
+            if let Some(level) = levels.get_mut(page.depth as usize) {
+                level.push(page.url.clone());
+            }
         }
-        let keep = depth as usize + 1;
-        let levels: Vec<Vec<String>> = self.levels.iter().take(keep).cloned().collect();
+        Self {
+            levels,
+            pages,
+            depth: summary.depth,
+            truncated: summary.truncated,
+        }
+    }
+
+    /// What this result looks like without its pages.
+    pub fn summary(&self) -> ResultSummary {
+        ResultSummary {
+            depth: self.depth,
+            truncated: self.truncated,
+            level_sizes: self.levels.iter().map(|l| l.len() as u32).collect(),
+        }
+    }
+
+    /// The same crawl as if it had been run to `depth` only.
+    pub fn trimmed_to(&self, depth: u32) -> Self {
         let pages = self
             .pages
             .iter()
             .filter(|p| p.depth <= depth)
             .cloned()
             .collect();
-        Self {
-            levels,
-            pages,
-            depth,
-            // The cap cuts the last level a crawl reached; a trim that drops
-            // that level drops the truncation with it.
-            truncated: self.truncated && self.levels.len() <= keep,
-        }
+        Self::assemble(&self.summary().trimmed_to(depth), pages)
     }
 
     pub fn page_count(&self) -> usize {
@@ -133,47 +153,94 @@ impl CrawlResult {
     }
 }
 
-/// A crawl's durable progress. Its master saves each level as it completes,
-/// so a master that takes the job over continues from the last completed
-/// level instead of starting again.
+/// A finished crawl without its pages: what the store keeps beside them,
+/// and what the cache and the result events carry whatever the crawl's size.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultSummary {
+    /// The depth the crawl was run to.
+    pub depth: u32,
+    /// True when the page cap stopped the crawl before it reached `depth`.
+    pub truncated: bool,
+    /// Pages per level: level `i` holds `level_sizes[i]` pages. Shorter
+    /// than `depth + 1` when a level found nothing new.
+    pub level_sizes: Vec<u32>,
+}
+
+impl ResultSummary {
+    pub fn page_count(&self) -> u64 {
+        self.level_sizes.iter().map(|&n| u64::from(n)).sum()
+    }
+
+    /// The same crawl as if it had been run to `depth` only. A crawl to a
+    /// greater depth with the same options fetched exactly these pages
+    /// first, because each level depends only on the levels before it.
+    pub fn trimmed_to(&self, depth: u32) -> Self {
+        if depth >= self.depth {
+            return self.clone();
+        }
+        let keep = depth as usize + 1;
+        Self {
+            depth,
+            // The cap cuts the last level a crawl reached; a trim that drops
+            // that level drops the truncation with it.
+            truncated: self.truncated && self.level_sizes.len() <= keep,
+            level_sizes: self.level_sizes.iter().take(keep).copied().collect(),
+        }
+    }
+}
+
+/// A crawl in the result cache: its summary, the job whose stored pages
+/// hold it, and the pages themselves when they are few enough to keep
+/// beside the summary (so a repeated small job needs no store read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedCrawl {
+    pub summary: ResultSummary,
+    /// The job whose pages are in the store.
+    pub job_id: JobId,
+    /// Every page, ordered by depth then URL; `None` for a large crawl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<Vec<PageFacts>>,
+}
+
+impl CachedCrawl {
+    /// The same crawl as if it had been run to `depth` only.
+    pub fn trimmed_to(&self, depth: u32) -> Self {
+        Self {
+            summary: self.summary.trimmed_to(depth),
+            job_id: self.job_id.clone(),
+            pages: self
+                .pages
+                .as_ref()
+                .map(|pages| pages.iter().filter(|p| p.depth <= depth).cloned().collect()),
+        }
+    }
+}
+
+/// A crawl's durable progress. Its master saves each level's pages as they
+/// arrive and marks the level complete when it is, so a master that takes
+/// the job over continues after the last completed level instead of
+/// starting again. The pages themselves are read from the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Checkpoint {
-    /// Levels `0..levels_done` are fetched and their pages are in `pages`.
+    /// Levels `0..levels_done` are fetched, and their pages stored.
     pub levels_done: u32,
-    /// The pages of the completed levels, ordered by depth, then URL.
-    pub pages: Vec<PageFacts>,
-    /// The URLs of level `levels_done`, found but not fetched yet.
-    pub frontier: Vec<String>,
-    /// The page cap already cut the frontier short.
+    /// The page cap already cut the next level short.
     pub truncated: bool,
     /// The page cap in force (a spider may have lowered the job's).
     pub max_pages: u32,
 }
 
-impl Checkpoint {
-    /// The URL lists of the completed levels, as the result reports them:
-    /// each level's pages are sorted by URL, so their URLs are the level.
-    pub fn levels(&self) -> Vec<Vec<String>> {
-        let mut levels: Vec<Vec<String>> = vec![Vec::new(); self.levels_done as usize];
-        for page in &self.pages {
-            if let Some(level) = levels.get_mut(page.depth as usize) {
-                level.push(page.url.clone());
-            }
-        }
-        levels
-    }
-}
-
-/// What a master makes durable when level `depth` completes.
+/// What a master makes durable when level `depth` completes, after every
+/// page of it was saved.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LevelDone {
     pub depth: u32,
-    /// The level's pages, sorted by URL.
-    pub pages: Vec<PageFacts>,
-    /// The next level's URLs.
-    pub frontier: Vec<String>,
+    /// How many pages the level has; the store checks it holds them all.
+    pub page_count: u32,
     pub truncated: bool,
     pub max_pages: u32,
 }
@@ -227,9 +294,17 @@ pub struct JobRecord {
     pub state: JobState,
     pub pages_done: u32,
     pub current_depth: u32,
-    pub result: Option<CrawlResult>,
+    /// A done job's result, without its pages (they are in the store).
+    pub summary: Option<ResultSummary>,
     pub failure: Option<JobFailure>,
     pub elapsed_ms: u64,
+    /// The job whose stored pages are this job's result, when it is not
+    /// this job itself (the result came from the cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages_of: Option<JobId>,
+    /// A gateway has sent the job's outcome to its client.
+    #[serde(default)]
+    pub delivered: bool,
 }
 
 impl JobRecord {
@@ -241,10 +316,17 @@ impl JobRecord {
             state: JobState::Failed,
             pages_done: 0,
             current_depth: 0,
-            result: None,
+            summary: None,
             failure: Some(failure),
             elapsed_ms: 0,
+            pages_of: None,
+            delivered: false,
         }
+    }
+
+    /// The job whose stored pages hold this job's result.
+    pub fn pages_job(&self) -> &JobId {
+        self.pages_of.as_ref().unwrap_or(&self.spec.job_id)
     }
 }
 
@@ -297,6 +379,35 @@ mod tests {
         let mut full = three_levels();
         full.truncated = true;
         assert!(!full.trimmed_to(1).truncated);
+    }
+
+    #[test]
+    fn a_result_is_assembled_from_its_summary_and_pages() {
+        let full = three_levels();
+        assert_eq!(
+            CrawlResult::assemble(&full.summary(), full.pages.clone()),
+            full
+        );
+        assert_eq!(full.summary().level_sizes, [1, 2, 1]);
+        assert_eq!(full.summary().page_count(), 4);
+    }
+
+    #[test]
+    fn a_cached_crawl_trims_like_its_result() {
+        let full = three_levels();
+        let cached = CachedCrawl {
+            summary: full.summary(),
+            job_id: JobId("j".into()),
+            pages: Some(full.pages.clone()),
+        };
+        let trimmed = cached.trimmed_to(1);
+        assert_eq!(trimmed.summary, full.trimmed_to(1).summary());
+        assert_eq!(trimmed.pages, Some(full.trimmed_to(1).pages));
+        let large = CachedCrawl {
+            pages: None,
+            ..cached
+        };
+        assert_eq!(large.trimmed_to(0).summary.level_sizes, [1]);
     }
 
     #[test]

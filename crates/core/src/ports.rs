@@ -11,7 +11,10 @@ use async_trait::async_trait;
 use futures::Stream;
 
 use crate::lease::Leadership;
-use crate::model::{Checkpoint, CrawlResult, JobFailure, JobId, JobRecord, JobSpec, LevelDone};
+use crate::model::{
+    CachedCrawl, Checkpoint, JobFailure, JobId, JobRecord, JobSpec, LevelDone, PageFacts,
+    ResultSummary,
+};
 
 /// Any adapter failure: the engine is unreachable, refused the request, or
 /// returned something unreadable. Callers treat it as retryable unless a
@@ -137,12 +140,30 @@ pub trait JobQueue: Send + Sync + 'static {
 
 #[async_trait]
 pub trait ResultCache: Send + Sync + 'static {
-    async fn get(&self, key: &str) -> AdapterResult<Option<CrawlResult>>;
-    /// Stores `result` unless a deeper crawl is already cached under `key`.
-    async fn put(&self, key: &str, result: &CrawlResult, ttl: Duration) -> AdapterResult<()>;
+    async fn get(&self, key: &str) -> AdapterResult<Option<CachedCrawl>>;
+    /// Stores `crawl` unless a deeper crawl is already cached under `key`.
+    async fn put(&self, key: &str, crawl: &CachedCrawl, ttl: Duration) -> AdapterResult<()>;
 }
 
 // ---------------------------------------------------------------- store
+
+/// A renewed lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    pub expires_at_ms: u64,
+    /// Where the job's events go now, when a client reconnected to another
+    /// gateway than the one that accepted the job.
+    pub gateway_key: Option<String>,
+}
+
+/// Which stored pages to read: those of depth `max_depth` or less that come
+/// after `after` (a depth and a URL) in (depth, URL) order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageQuery {
+    pub max_depth: u32,
+    pub after: Option<(u32, String)>,
+    pub limit: u32,
+}
 
 /// A grant of the right to run a job until `expires_at_ms`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +219,8 @@ pub enum StoreError {
     Ended,
     #[error("level {got} cannot be saved before level {expected}")]
     LevelOutOfOrder { expected: u32, got: u32 },
+    #[error("{what}: {saved} pages are saved, not {said}")]
+    PagesMissing { what: String, said: u64, saved: u64 },
     #[error(transparent)]
     Adapter(#[from] AdapterError),
 }
@@ -205,7 +228,12 @@ pub enum StoreError {
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobOutcome {
-    Done(CrawlResult),
+    /// What the crawl's pages add up to. `last_pages` are the pages not
+    /// saved before (the end of the last level), stored with the outcome.
+    Done {
+        summary: ResultSummary,
+        last_pages: Vec<PageFacts>,
+    },
     Failed(JobFailure),
 }
 
@@ -213,11 +241,12 @@ pub enum JobOutcome {
 pub trait JobStore: Send + Sync + 'static {
     /// Records a new job as queued; idempotent on `(client_id, client_job_id)`.
     async fn insert_job(&self, spec: &JobSpec) -> AdapterResult<InsertOutcome>;
-    /// Records a job that was answered from the cache, already done.
+    /// Records a job that was answered from the cache, already done and
+    /// delivered: its result is `cached`, whose pages another job holds.
     async fn insert_done(
         &self,
         spec: &JobSpec,
-        result: &CrawlResult,
+        cached: &CachedCrawl,
     ) -> AdapterResult<InsertOutcome>;
     /// Persists the job if new, then leases it to `master_id` unless it is done
     /// or another master's lease is still live. Every grant raises the token.
@@ -228,7 +257,9 @@ pub trait JobStore: Send + Sync + 'static {
         ttl: Duration,
         now_ms: u64,
     ) -> AdapterResult<AcquireOutcome>;
-    /// Renews a lease and records progress.
+    /// Renews a lease and records progress. Returns the lease's new expiry
+    /// and the gateway the job's events go to now (its client may have
+    /// reconnected elsewhere).
     async fn heartbeat(
         &self,
         job_id: &JobId,
@@ -237,9 +268,11 @@ pub trait JobStore: Send + Sync + 'static {
         current_depth: u32,
         ttl: Duration,
         now_ms: u64,
-    ) -> Result<u64, StoreError>;
-    /// Ends a job; refused for a stale token. Completing twice with the
-    /// current token is idempotent and keeps the first outcome.
+    ) -> Result<Renewal, StoreError>;
+    /// Ends a job; refused for a stale token. A done job's pages must all be
+    /// saved by then, or come with it: the store refuses a summary its pages
+    /// do not add up to ([`StoreError::PagesMissing`]). Completing twice with the current
+    /// token is idempotent and keeps the first outcome.
     async fn complete(
         &self,
         job_id: &JobId,
@@ -272,14 +305,36 @@ pub trait JobStore: Send + Sync + 'static {
         fencing_token: u64,
         now_ms: u64,
     ) -> Result<(), StoreError>;
-    /// Makes a completed level durable; refused for a stale token. Saving
-    /// the same level again is a no-op, so a retried save is harmless.
+    /// Stores pages of level `depth` as they arrive; refused for a stale
+    /// token. Saving a page again replaces it, so a retried save is harmless.
+    async fn save_pages(
+        &self,
+        job_id: &JobId,
+        fencing_token: u64,
+        depth: u32,
+        pages: &[PageFacts],
+    ) -> Result<(), StoreError>;
+    /// Marks a level complete, once all its pages are saved; refused for a
+    /// stale token, and for a level whose saved pages are fewer than it
+    /// says. Marking the same level again is a no-op.
     async fn save_level(
         &self,
         job_id: &JobId,
         fencing_token: u64,
         level: &LevelDone,
     ) -> Result<(), StoreError>;
+    /// Up to `query.limit` stored pages of a job, ordered by depth, then URL.
+    async fn read_pages(&self, job_id: &JobId, query: &PageQuery) -> AdapterResult<Vec<PageFacts>>;
+
+    /// Takes the duty of sending a finished job's outcome to its client:
+    /// true for the one caller that takes it, false when it was taken
+    /// already (another gateway or connection sends it, or sent it).
+    async fn claim_delivery(&self, job_id: &JobId) -> AdapterResult<bool>;
+    /// Gives the duty back: the connection it was to go to broke first.
+    async fn unclaim_delivery(&self, job_id: &JobId) -> AdapterResult<()>;
+    /// A client's jobs that still owe it something: finished but not
+    /// delivered, or still running (their progress), oldest first.
+    async fn open_jobs(&self, client_id: &str, limit: u32) -> AdapterResult<Vec<JobRecord>>;
 
     /// Notes that the job's message reached the queue: the outbox relay
     /// leaves it alone from now on.

@@ -283,6 +283,30 @@ pub enum ServerMessage {
         cached: bool,
         elapsed_ms: u64,
     },
+    /// The start of a result too large for one message (more pages than
+    /// the gateway sends at once): its shape, then `parts` [`Self::ResultPart`]s
+    /// whose pages come in level order (depth, then URL), so level `i` is
+    /// the URLs of the pages of depth `i`, in the order they arrive.
+    #[serde(rename_all = "camelCase")]
+    ResultHead {
+        job_id: String,
+        url: String,
+        depth: u32,
+        level_sizes: Vec<u32>,
+        page_count: u64,
+        parts: u32,
+        truncated: bool,
+        cached: bool,
+        elapsed_ms: u64,
+    },
+    /// Part `part` (from 1) of `parts` of a result announced by a head.
+    #[serde(rename_all = "camelCase")]
+    ResultPart {
+        job_id: String,
+        part: u32,
+        parts: u32,
+        pages: Vec<PageFacts>,
+    },
     /// Answer to `status` for a job that has not finished.
     #[serde(rename_all = "camelCase")]
     Status {
@@ -330,6 +354,81 @@ impl ServerMessage {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("server messages always serialise")
+    }
+}
+
+/// Puts a result sent in parts back together, for clients.
+#[derive(Debug)]
+pub struct ResultAssembler {
+    head: ServerMessage,
+    pages: Vec<PageFacts>,
+    parts_seen: u32,
+}
+
+/// What [`ResultAssembler::add`] made of a part.
+#[derive(Debug, PartialEq)]
+pub enum Assembled {
+    /// More parts to come.
+    Pending,
+    /// The whole result, as one [`ServerMessage::Result`].
+    Done(ServerMessage),
+}
+
+impl ResultAssembler {
+    /// Starts from a [`ServerMessage::ResultHead`]; `None` for any other message.
+    pub fn new(head: ServerMessage) -> Option<Self> {
+        let ServerMessage::ResultHead { page_count, .. } = &head else {
+            return None;
+        };
+        let capacity = usize::try_from(*page_count).unwrap_or(0).min(1 << 20);
+        Some(Self {
+            head,
+            pages: Vec::with_capacity(capacity),
+            parts_seen: 0,
+        })
+    }
+
+    /// Adds the next part. Parts arrive in order on one connection; one out
+    /// of order is refused.
+    pub fn add(&mut self, part: u32, pages: Vec<PageFacts>) -> Result<Assembled, String> {
+        let ServerMessage::ResultHead {
+            job_id,
+            url,
+            depth,
+            level_sizes,
+            parts,
+            truncated,
+            cached,
+            elapsed_ms,
+            ..
+        } = &self.head
+        else {
+            unreachable!("an assembler starts from a head");
+        };
+        if part != self.parts_seen + 1 {
+            return Err(format!(
+                "part {part} of job `{job_id}` arrived after part {}",
+                self.parts_seen
+            ));
+        }
+        self.parts_seen = part;
+        self.pages.extend(pages);
+        if part < *parts {
+            return Ok(Assembled::Pending);
+        }
+        let summary = crate::model::ResultSummary {
+            depth: *depth,
+            truncated: *truncated,
+            level_sizes: level_sizes.clone(),
+        };
+        let result = CrawlResult::assemble(&summary, std::mem::take(&mut self.pages));
+        Ok(Assembled::Done(ServerMessage::result(
+            job_id.clone(),
+            url.clone(),
+            result,
+            *cached,
+            *elapsed_ms,
+        )))
     }
 }
 
@@ -460,6 +559,45 @@ mod tests {
         let err =
             parse(r#"{"type":"submit","jobId":"J7","url":"http://a/","depth":-1}"#).unwrap_err();
         assert_eq!(err.job_id.as_deref(), Some("J7"));
+    }
+
+    #[test]
+    fn a_result_in_parts_is_put_back_together() {
+        let page = |url: &str, depth| PageFacts {
+            url: url.into(),
+            depth,
+            ..Default::default()
+        };
+        let head = ServerMessage::ResultHead {
+            job_id: "J".into(),
+            url: "a".into(),
+            depth: 1,
+            level_sizes: vec![1, 2],
+            page_count: 3,
+            parts: 2,
+            truncated: false,
+            cached: false,
+            elapsed_ms: 5,
+        };
+        let mut parts = ResultAssembler::new(head).unwrap();
+        assert!(parts.add(2, vec![]).is_err(), "out of order");
+        assert_eq!(
+            parts.add(1, vec![page("a", 0), page("b", 1)]),
+            Ok(Assembled::Pending)
+        );
+        let Ok(Assembled::Done(ServerMessage::Result { levels, pages, .. })) =
+            parts.add(2, vec![page("c", 1)])
+        else {
+            panic!("the last part completes the result");
+        };
+        assert_eq!(
+            levels,
+            [vec!["a".to_string()], vec!["b".into(), "c".into()]]
+        );
+        assert_eq!(pages.len(), 3);
+        assert!(
+            ResultAssembler::new(ServerMessage::error(None, ErrorCode::Internal, "x")).is_none()
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! return its result.
 
 use anyhow::{Context, bail};
+use crawler_core::protocol::{Assembled, ResultAssembler, ServerMessage};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -39,7 +40,8 @@ impl CrawlRequest {
 }
 
 /// Submits `request` to the gateway at `ws_url` and waits for its result
-/// message, calling `on_progress` with each progress message.
+/// message (putting a result sent in parts back together), calling
+/// `on_progress` with each progress message.
 pub async fn crawl(
     ws_url: &str,
     request: &CrawlRequest,
@@ -52,6 +54,7 @@ pub async fn crawl(
         .send(Message::text(request.to_json().to_string()))
         .await
         .context("sending the job")?;
+    let mut parts: Option<ResultAssembler> = None;
     while let Some(frame) = socket.next().await {
         let text = match frame.context("reading from the gateway")? {
             Message::Text(text) => text,
@@ -67,6 +70,27 @@ pub async fn crawl(
             Some("result") => {
                 let _ = socket.close(None).await;
                 return Ok(message);
+            }
+            Some("resultHead") => {
+                let head: ServerMessage =
+                    serde_json::from_value(message).context("reading a result's head")?;
+                parts = ResultAssembler::new(head);
+            }
+            Some("resultPart") => {
+                let Some(assembler) = parts.as_mut() else {
+                    bail!("the gateway sent a result part before its head");
+                };
+                let ServerMessage::ResultPart { part, pages, .. } =
+                    serde_json::from_value(message).context("reading a result part")?
+                else {
+                    bail!("the gateway sent a malformed result part");
+                };
+                if let Assembled::Done(result) =
+                    assembler.add(part, pages).map_err(anyhow::Error::msg)?
+                {
+                    let _ = socket.close(None).await;
+                    return Ok(serde_json::to_value(result)?);
+                }
             }
             Some("error") => bail!(
                 "{}: {}",

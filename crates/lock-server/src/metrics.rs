@@ -6,6 +6,7 @@ use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
 const LEASES_GRANTED: &str = "crawler_lock_server_leases_granted_total";
 const TAKEOVERS: &str = "crawler_lock_server_takeovers_total";
 const LEVELS_SAVED: &str = "crawler_lock_server_levels_saved_total";
+const PAGES_SAVED: &str = "crawler_lock_server_pages_saved_total";
 const RELEASES: &str = "crawler_lock_server_releases_total";
 const COMPLETIONS: &str = "crawler_lock_server_completions_total";
 const REFUSALS: &str = "crawler_lock_server_stale_writes_refused_total";
@@ -23,6 +24,7 @@ pub fn describe() {
         "Orphaned jobs handed to another master."
     );
     describe_counter!(LEVELS_SAVED, Unit::Count, "Completed levels made durable.");
+    describe_counter!(PAGES_SAVED, Unit::Count, "Fetched pages stored.");
     describe_counter!(
         RELEASES,
         Unit::Count,
@@ -55,6 +57,10 @@ pub fn taken_over() {
 
 pub fn level_saved() {
     counter!(LEVELS_SAVED).increment(1);
+}
+
+pub fn pages_saved(n: usize) {
+    counter!(PAGES_SAVED).increment(n as u64);
 }
 
 pub fn released() {

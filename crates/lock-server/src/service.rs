@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crawler_core::lease::checked_ttl;
-use crawler_core::model::{JobId, JobSpec};
+use crawler_core::model::{JobId, JobSpec, PageFacts};
 use crawler_core::ports::{AcquireOutcome, Grant, JobOutcome, JobStore, StoreError};
 use crawler_core::{ErrorCode, now_ms};
 use crawler_proto::v1::{self, acquire_response, lock_service_server::LockService};
@@ -17,6 +17,9 @@ pub struct LockGrpc {
     pub store: Arc<dyn JobStore>,
     pub leader: Arc<Leader>,
 }
+
+/// Most pages one ReadPages answers, whatever it asks for: a few MB.
+const MAX_PAGES_READ: u32 = 2_000;
 
 fn ttl(ttl_ms: u32) -> Result<Duration, Status> {
     checked_ttl(Duration::from_millis(u64::from(ttl_ms)))
@@ -33,6 +36,9 @@ fn store_status(e: StoreError) -> Status {
             ErrorCode::StaleLease.status(e.to_string())
         }
         e @ StoreError::LevelOutOfOrder { .. } => ErrorCode::InvalidField.status(e.to_string()),
+        // The master's account of its crawl and the store disagree: a bug,
+        // never fixed by trying again.
+        e @ StoreError::PagesMissing { .. } => ErrorCode::Internal.status(e.to_string()),
         StoreError::Adapter(e) => ErrorCode::Unavailable.status(e.to_string()),
     }
 }
@@ -152,7 +158,8 @@ impl LockService for LockGrpc {
         self.leader.check()?;
         let r = request.into_inner();
         let ttl = ttl(r.ttl_ms)?;
-        self.store
+        let renewal = self
+            .store
             .heartbeat(
                 &JobId(r.job_id),
                 r.fencing_token,
@@ -163,7 +170,44 @@ impl LockService for LockGrpc {
             )
             .await
             .map_err(store_status)?;
-        Ok(Response::new(v1::HeartbeatResponse { ttl_ms: r.ttl_ms }))
+        Ok(Response::new(v1::HeartbeatResponse {
+            ttl_ms: r.ttl_ms,
+            gateway_key: renewal.gateway_key.unwrap_or_default(),
+        }))
+    }
+
+    async fn save_pages(
+        &self,
+        request: Request<v1::SavePagesRequest>,
+    ) -> Result<Response<v1::SavePagesResponse>, Status> {
+        self.leader.check()?;
+        let r = request.into_inner();
+        required(&r.job_id, "job_id")?;
+        let pages: Vec<PageFacts> = r.pages.into_iter().map(Into::into).collect();
+        self.store
+            .save_pages(&JobId(r.job_id), r.fencing_token, r.depth, &pages)
+            .await
+            .map_err(store_status)?;
+        metrics::pages_saved(pages.len());
+        Ok(Response::new(v1::SavePagesResponse {}))
+    }
+
+    async fn read_pages(
+        &self,
+        request: Request<v1::ReadPagesRequest>,
+    ) -> Result<Response<v1::ReadPagesResponse>, Status> {
+        self.leader.check()?;
+        let (job_id, mut query) = request.into_inner().into_query();
+        required(&job_id.0, "job_id")?;
+        query.limit = query.limit.clamp(1, MAX_PAGES_READ);
+        let pages = self
+            .store
+            .read_pages(&job_id, &query)
+            .await
+            .map_err(unavailable)?;
+        Ok(Response::new(v1::ReadPagesResponse {
+            pages: pages.iter().map(Into::into).collect(),
+        }))
     }
 
     async fn save_level(
@@ -177,7 +221,7 @@ impl LockService for LockGrpc {
             .save_level(&job_id, token, &level)
             .await
             .map_err(store_status)?;
-        tracing::info!(%job_id, token, depth = level.depth, pages = level.pages.len(), "level saved");
+        tracing::info!(%job_id, token, depth = level.depth, pages = level.page_count, "level saved");
         metrics::level_saved();
         Ok(Response::new(v1::SaveLevelResponse {}))
     }
@@ -206,7 +250,10 @@ impl LockService for LockGrpc {
         self.leader.check()?;
         let r = request.into_inner();
         let outcome = match r.outcome {
-            Some(v1::complete_request::Outcome::Result(result)) => JobOutcome::Done(result.into()),
+            Some(v1::complete_request::Outcome::Result(summary)) => JobOutcome::Done {
+                summary: summary.into(),
+                last_pages: r.last_pages.into_iter().map(Into::into).collect(),
+            },
             Some(v1::complete_request::Outcome::Failure(failure)) => {
                 JobOutcome::Failed(failure.into())
             }

@@ -6,7 +6,7 @@ use crawler_core::ErrorCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crawler_core::model::{CrawlOptions, CrawlResult, JobId, JobSpec};
+use crawler_core::model::{CrawlOptions, JobId, JobSpec, ResultSummary};
 use crawler_proto::v1::{self, acquire_response::Outcome, lock_service_client::LockServiceClient};
 use lock_server::{LockServer, ReplicaSettings};
 use tokio_util::sync::CancellationToken;
@@ -73,16 +73,17 @@ fn acquire(spec: &JobSpec, master: &str, ttl_ms: u32) -> v1::AcquireRequest {
     }
 }
 
+/// Completes with a result of no page (a crawl whose start page was refused).
 fn complete(spec: &JobSpec, token: u64) -> v1::CompleteRequest {
-    let result = CrawlResult {
-        levels: vec![vec![spec.url.clone()]],
+    let summary = ResultSummary {
         depth: 1,
         ..Default::default()
     };
     v1::CompleteRequest {
         job_id: spec.job_id.0.clone(),
         fencing_token: token,
-        outcome: Some(v1::complete_request::Outcome::Result((&result).into())),
+        outcome: Some(v1::complete_request::Outcome::Result((&summary).into())),
+        last_pages: Vec::new(),
     }
 }
 
@@ -164,7 +165,7 @@ async fn a_master_that_lost_its_lease_can_neither_heartbeat_nor_complete() {
         v1::JobState::Done as i32,
         "complete returns the stored record"
     );
-    assert_eq!(record.result.unwrap().levels.len(), 1);
+    assert_eq!(record.summary.unwrap().depth, 1);
     let again = lock
         .acquire(acquire(&job, "m3", 5_000))
         .await
@@ -213,14 +214,23 @@ async fn a_released_job_is_taken_over_with_its_saved_levels() {
             .outcome,
     );
     assert_eq!(lease.checkpoint, None);
+    let page = crawler_core::model::PageFacts {
+        url: job.url.clone(),
+        status: Some(200),
+        links: vec!["http://a.test/next".into()],
+        ..Default::default()
+    };
+    lock.save_pages(v1::SavePagesRequest {
+        job_id: job.job_id.0.clone(),
+        fencing_token: lease.fencing_token,
+        depth: 0,
+        pages: vec![(&page).into()],
+    })
+    .await
+    .unwrap();
     let level = crawler_core::model::LevelDone {
         depth: 0,
-        pages: vec![crawler_core::model::PageFacts {
-            url: job.url.clone(),
-            status: Some(200),
-            ..Default::default()
-        }],
-        frontier: vec!["http://a.test/next".into()],
+        page_count: 1,
         truncated: false,
         max_pages: 10,
     };
@@ -267,8 +277,25 @@ async fn a_released_job_is_taken_over_with_its_saved_levels() {
     assert_eq!(new_lease.fencing_token, lease.fencing_token + 1);
     let checkpoint: crawler_core::model::Checkpoint = new_lease.checkpoint.unwrap().into();
     assert_eq!(checkpoint.levels_done, 1);
-    assert_eq!(checkpoint.pages, level.pages);
-    assert_eq!(checkpoint.frontier, level.frontier);
+    let stored = lock
+        .read_pages(v1::ReadPagesRequest::new(
+            &job.job_id,
+            &crawler_core::ports::PageQuery {
+                max_depth: 0,
+                after: None,
+                limit: 10,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .pages;
+    let stored: Vec<crawler_core::model::PageFacts> = stored.into_iter().map(Into::into).collect();
+    assert_eq!(
+        stored,
+        [page],
+        "the new holder reads the saved level's pages"
+    );
 
     let stale = lock
         .save_level(v1::SaveLevelRequest::new(

@@ -1,46 +1,71 @@
 //! What a master does with a job's lease while it runs the job: renew it
-//! with progress, make each completed level durable in order, and in the
-//! end complete the job or release it for another master.
+//! with progress, save the crawl's pages as they arrive and mark each level
+//! complete after its pages, all in order, and in the end complete the job
+//! or release it for another master.
 //!
 //! The lock server's word on the token is final: once it calls the token
 //! stale (another master took the job over), the holder stops the crawl and
 //! never completes, so the job can only ever get the newer holder's result.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use crawler_core::ErrorCode;
-use crawler_core::model::{JobId, JobRecord, LevelDone};
+use crawler_core::model::{JobId, JobRecord, LevelDone, PageFacts};
 use crawler_core::retry::{RetryError, RetryPolicy};
 use crawler_proto::v1;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::Instrument;
 
-use crate::crawl::Progress;
+use crate::crawl::{CrawlError, CrawlSink, Progress};
 use crate::jobs::JobContext;
 
-/// Saving a level or completing: retried on silence until the token is
-/// refused. The cap is short so a holder is back soon after an outage,
-/// before another master might take its expired lease over.
+/// Saving pages or a level, or completing: retried on silence until the
+/// token is refused. The cap is short so a holder is back soon after an
+/// outage, before another master might take its expired lease over.
 const DURABLE_WRITES: RetryPolicy =
     RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1));
-/// A deadline for calls that may carry a whole level or result.
-const LARGE_CALL_DEADLINE: Duration = Duration::from_secs(30);
+/// A deadline for calls that carry pages (at most [`PAGES_PER_SAVE`] of
+/// them, a few hundred KB): a replica that does not answer within it is
+/// left for the next.
+const LARGE_CALL_DEADLINE: Duration = Duration::from_secs(10);
 /// A deadline for a release; it is tried twice, then the lease just expires.
 const RELEASE_DEADLINE: Duration = Duration::from_secs(1);
+/// Pages sent to the store in one call: large enough that a level of
+/// thousands of pages is a handful of calls, small enough to stay far from
+/// any message limit.
+const PAGES_PER_SAVE: usize = 500;
+/// Saves queued behind the one in flight before the crawl waits: the most
+/// pages a master holds for one job while its store is slow.
+const SAVES_QUEUED: usize = 8;
+
+/// What the saver writes, in the order it was queued.
+enum Save {
+    Pages(u32, Vec<PageFacts>),
+    Level(LevelDone),
+    /// Answers once everything queued before it is written.
+    Flush(oneshot::Sender<()>),
+}
 
 pub struct LeaseHolder {
     ctx: Arc<JobContext>,
     job_id: JobId,
     token: u64,
     lost: Arc<AtomicBool>,
+    /// Why the saver stopped for good, when it did (not for a lost lease).
+    save_failed: Arc<Mutex<Option<String>>>,
     heartbeat: JoinHandle<()>,
-    levels: mpsc::UnboundedSender<LevelDone>,
+    saves: mpsc::Sender<Save>,
+    /// Pages not sent yet: the level they belong to, and the pages.
+    buffered: tokio::sync::Mutex<(u32, Vec<PageFacts>)>,
     saver: JoinHandle<()>,
+    /// The gateway the job's events go to; the heartbeat keeps it current.
+    route: Arc<Mutex<String>>,
 }
 
 /// How a completion ended.
@@ -61,9 +86,11 @@ impl LeaseHolder {
         job_id: JobId,
         token: u64,
         progress: Arc<Progress>,
+        route: String,
         stop: CancellationToken,
     ) -> Self {
         let lost = Arc::new(AtomicBool::new(false));
+        let route = Arc::new(Mutex::new(route));
         // Both tasks stay in the job's span, so their calls join its trace.
         let heartbeat = tokio::spawn(
             heartbeat_loop(
@@ -71,19 +98,22 @@ impl LeaseHolder {
                 job_id.clone(),
                 token,
                 progress,
+                route.clone(),
                 lost.clone(),
                 stop.clone(),
             )
             .in_current_span(),
         );
-        let (levels, pending) = mpsc::unbounded_channel();
+        let (saves, pending) = mpsc::channel(SAVES_QUEUED);
+        let save_failed = Arc::new(Mutex::new(None));
         let saver = tokio::spawn(
-            save_levels(
+            save_in_order(
                 ctx.clone(),
                 job_id.clone(),
                 token,
                 pending,
                 lost.clone(),
+                save_failed.clone(),
                 stop.clone(),
             )
             .in_current_span(),
@@ -93,42 +123,103 @@ impl LeaseHolder {
             job_id,
             token,
             lost,
+            save_failed,
             heartbeat,
-            levels,
+            saves,
+            buffered: tokio::sync::Mutex::new((0, Vec::new())),
             saver,
+            route,
         }
-    }
-
-    /// Queues a completed level to be made durable, after the ones before it.
-    pub fn save(&self, level: LevelDone) {
-        // The saver only goes away once the lease is lost; then saving is moot.
-        let _ = self.levels.send(level);
     }
 
     pub fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Relaxed)
     }
 
-    /// Stores the job's outcome, retrying while the lock service is
+    /// The gateway the job's events go to now.
+    pub fn route(&self) -> String {
+        self.route.lock().expect("route lock").clone()
+    }
+
+    /// Queues a save; refused once the saver has stopped (the lease was
+    /// lost, or saving failed for good).
+    async fn queue(&self, save: Save) -> Result<(), CrawlError> {
+        self.saves
+            .send(save)
+            .await
+            .map_err(|_| match self.save_failed() {
+                Some(reason) => CrawlError::Refused(reason),
+                None => CrawlError::Cancelled,
+            })
+    }
+
+    /// Sends the buffered pages, if any.
+    async fn send_buffered(&self) -> Result<(), CrawlError> {
+        let (depth, pages) = {
+            let mut buffered = self.buffered.lock().await;
+            let depth = buffered.0;
+            (depth, std::mem::take(&mut buffered.1))
+        };
+        if pages.is_empty() {
+            return Ok(());
+        }
+        self.queue(Save::Pages(depth, pages)).await
+    }
+
+    /// Why saving failed for good, when it did: the job must fail with it.
+    pub fn save_failed(&self) -> Option<String> {
+        self.save_failed.lock().expect("save failure lock").clone()
+    }
+
+    /// Waits until everything queued is written, and takes the pages still
+    /// buffered (they go with the completion). `None` when the saver
+    /// stopped first.
+    async fn drain(&self) -> Option<Vec<PageFacts>> {
+        let (done, written) = oneshot::channel();
+        if self.saves.send(Save::Flush(done)).await.is_err() || written.await.is_err() {
+            return None;
+        }
+        Some(std::mem::take(&mut self.buffered.lock().await.1))
+    }
+
+    /// Stores the job's outcome, with the result's last pages, once every
+    /// page queued before is saved; retries while the lock service is
     /// unreachable; only a refused token, or the end of the shutdown grace,
     /// makes it give up.
     pub async fn complete(self, outcome: v1::complete_request::Outcome) -> Completed {
-        self.saver.abort(); // the result holds every level; the checkpoint is moot
+        let (outcome, last_pages) = match outcome {
+            done @ v1::complete_request::Outcome::Result(_) => match self.drain().await {
+                Some(last_pages) => (done, last_pages),
+                None if self.is_lost() => return Completed::Stale,
+                None => match self.save_failed() {
+                    Some(reason) => (
+                        v1::complete_request::Outcome::Failure(v1::JobFailure {
+                            code: ErrorCode::Internal.as_str().to_string(),
+                            message: format!("the crawl's pages could not be saved: {reason}"),
+                        }),
+                        Vec::new(),
+                    ),
+                    None => return Completed::Abandoned,
+                },
+            },
+            failure => (failure, Vec::new()),
+        };
         tracing::info!(job_id = %self.job_id, token = self.token, "completing the job");
-        let stored = self.store(outcome).await;
+        let stored = self.store(outcome, &last_pages).await;
         match stored {
             Err(RetryError::Permanent(status))
                 if ErrorCode::of(&status) != Some(ErrorCode::StaleLease) =>
             {
-                // The lock server refuses this outcome for good (too large, malformed):
-                // the job fails with the reason rather than running for ever.
+                // The lock server refuses this outcome for good (its pages do
+                // not add up, it is malformed): the job fails with the reason
+                // rather than running for ever.
                 tracing::error!(job_id = %self.job_id, error = %status.message(), "the lock server refused the result; failing the job");
                 let failure = v1::JobFailure {
                     code: ErrorCode::Internal.as_str().to_string(),
                     message: format!("the result could not be stored: {}", status.message()),
                 };
                 let failed = self
-                    .store(v1::complete_request::Outcome::Failure(failure))
+                    .store(v1::complete_request::Outcome::Failure(failure), &[])
                     .await;
                 self.settle(failed)
             }
@@ -139,11 +230,13 @@ impl LeaseHolder {
     async fn store(
         &self,
         outcome: v1::complete_request::Outcome,
+        last_pages: &[PageFacts],
     ) -> Result<JobRecord, RetryError<Status>> {
         let request = v1::CompleteRequest {
             job_id: self.job_id.0.clone(),
             fencing_token: self.token,
             outcome: Some(outcome),
+            last_pages: last_pages.iter().map(Into::into).collect(),
         };
         let record = self
             .ctx
@@ -211,6 +304,34 @@ impl LeaseHolder {
     }
 }
 
+#[async_trait]
+impl CrawlSink for LeaseHolder {
+    async fn pages(&self, depth: u32, pages: Vec<PageFacts>) -> Result<(), CrawlError> {
+        let full = {
+            let mut buffered = self.buffered.lock().await;
+            if buffered.0 != depth && !buffered.1.is_empty() {
+                let earlier = (buffered.0, std::mem::take(&mut buffered.1));
+                drop(buffered);
+                self.queue(Save::Pages(earlier.0, earlier.1)).await?;
+                buffered = self.buffered.lock().await;
+            }
+            buffered.0 = depth;
+            buffered.1.extend(pages);
+            (buffered.1.len() >= PAGES_PER_SAVE).then(|| std::mem::take(&mut buffered.1))
+        };
+        match full {
+            Some(chunk) => self.queue(Save::Pages(depth, chunk)).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn level_done(&self, level: LevelDone) -> Result<(), CrawlError> {
+        // The level's last pages go before the mark that it is complete.
+        self.send_buffered().await?;
+        self.queue(Save::Level(level)).await
+    }
+}
+
 impl Drop for LeaseHolder {
     fn drop(&mut self) {
         self.heartbeat.abort();
@@ -230,6 +351,7 @@ async fn heartbeat_loop(
     job_id: JobId,
     token: u64,
     progress: Arc<Progress>,
+    route: Arc<Mutex<String>>,
     lost: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
@@ -256,7 +378,15 @@ async fn heartbeat_loop(
             })
             .await;
         match beat {
-            Ok(_) => {}
+            Ok(renewed) => {
+                if !renewed.gateway_key.is_empty() {
+                    let mut route = route.lock().expect("route lock");
+                    if *route != renewed.gateway_key {
+                        tracing::info!(%job_id, gateway = %renewed.gateway_key, "the client moved; its events follow it");
+                        *route = renewed.gateway_key;
+                    }
+                }
+            }
             Err(status) if ErrorCode::of(&status) == Some(ErrorCode::StaleLease) => {
                 mark_lost(&job_id, &lost, &stop, &status);
                 return;
@@ -266,36 +396,72 @@ async fn heartbeat_loop(
     }
 }
 
-/// Saves levels one at a time, in order: a level is saved only once the
-/// level before it is durable, so the checkpoint never has a gap.
-async fn save_levels(
+/// Writes the crawl's pages and level marks one at a time, in order: a
+/// level is marked complete only after its pages are written, and only once
+/// the level before it is, so the checkpoint never has a gap.
+async fn save_in_order(
     ctx: Arc<JobContext>,
     job_id: JobId,
     token: u64,
-    mut pending: mpsc::UnboundedReceiver<LevelDone>,
+    mut pending: mpsc::Receiver<Save>,
     lost: Arc<AtomicBool>,
+    failed: Arc<Mutex<Option<String>>>,
     stop: CancellationToken,
 ) {
-    while let Some(level) = pending.recv().await {
-        let request = v1::SaveLevelRequest::new(&job_id, token, &level);
-        let saved = ctx
-            .lock
-            .call(
-                &DURABLE_WRITES,
-                LARGE_CALL_DEADLINE,
-                &stop,
-                "save level",
-                |mut lock| {
-                    let request = request.clone();
-                    async move { lock.save_level(request).await }
-                },
-            )
-            .await;
-        match saved {
-            Ok(_) => {
-                ctx.stats.levels_saved.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%job_id, depth = level.depth, "level saved");
+    while let Some(save) = pending.recv().await {
+        let (what, saved) = match save {
+            Save::Flush(done) => {
+                let _ = done.send(());
+                continue;
             }
+            Save::Pages(depth, pages) => {
+                let request = v1::SavePagesRequest {
+                    job_id: job_id.0.clone(),
+                    fencing_token: token,
+                    depth,
+                    pages: pages.iter().map(Into::into).collect(),
+                };
+                let saved = ctx
+                    .lock
+                    .call(
+                        &DURABLE_WRITES,
+                        LARGE_CALL_DEADLINE,
+                        &stop,
+                        "save pages",
+                        |mut lock| {
+                            let request = request.clone();
+                            async move { lock.save_pages(request).await }
+                        },
+                    )
+                    .await
+                    .map(drop);
+                ("pages", saved)
+            }
+            Save::Level(level) => {
+                let request = v1::SaveLevelRequest::new(&job_id, token, &level);
+                let saved = ctx
+                    .lock
+                    .call(
+                        &DURABLE_WRITES,
+                        LARGE_CALL_DEADLINE,
+                        &stop,
+                        "save level",
+                        |mut lock| {
+                            let request = request.clone();
+                            async move { lock.save_level(request).await }
+                        },
+                    )
+                    .await
+                    .map(drop);
+                if saved.is_ok() {
+                    ctx.stats.levels_saved.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%job_id, depth = level.depth, "level saved");
+                }
+                ("a level", saved)
+            }
+        };
+        match saved {
+            Ok(()) => {}
             Err(RetryError::Cancelled) => return,
             Err(RetryError::Permanent(status))
                 if ErrorCode::of(&status) == Some(ErrorCode::StaleLease) =>
@@ -303,10 +469,13 @@ async fn save_levels(
                 mark_lost(&job_id, &lost, &stop, &status);
                 return;
             }
-            Err(e) => {
-                // Later levels could not follow this one; a takeover would
-                // restart from the last level saved, which is still correct.
-                tracing::error!(%job_id, depth = level.depth, error = %e, "cannot save a level; the checkpoint stays where it was");
+            Err(RetryError::Permanent(status) | RetryError::Exhausted(status)) => {
+                // Nothing after this save can be written in order; the job
+                // fails with the reason rather than completing without it.
+                tracing::error!(%job_id, error = %status.message(), "cannot save {what}; the crawl stops");
+                *failed.lock().expect("save failure lock") =
+                    Some(format!("saving {what}: {}", status.message()));
+                stop.cancel();
                 return;
             }
         }

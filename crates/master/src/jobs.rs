@@ -10,14 +10,16 @@ use std::time::{Duration, Instant};
 
 use crawler_core::ErrorCode;
 use crawler_core::events::GatewayEvent;
-use crawler_core::model::{Checkpoint, JobFailure, JobId, JobRecord, JobSpec};
-use crawler_core::ports::{Delivery, EventKind, JobQueue, ResultCache};
+use crawler_core::model::{
+    CachedCrawl, Checkpoint, JobFailure, JobId, JobRecord, JobSpec, PageFacts,
+};
+use crawler_core::ports::{Delivery, EventKind, JobQueue, PageQuery, ResultCache};
 use crawler_core::retry::{RetryError, RetryPolicy};
 use crawler_proto::v1::{self, acquire_response};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::crawl::{Crawl, CrawlError, Progress};
+use crate::crawl::{Crawl, CrawlError, Progress, Resume};
 use crate::holder::{Completed, LeaseHolder};
 use crate::lock_client::LockClient;
 use crate::metrics;
@@ -51,7 +53,13 @@ const ACQUIRE_DEADLINE: Duration = Duration::from_secs(5);
 /// One look for an orphan per tick; a failed look waits for the next tick.
 const CLAIM_DEADLINE: Duration = Duration::from_secs(1);
 
-/// A result is published a few times, then left to `status`.
+/// Reading a checkpoint's pages: retried a little, then the lease lapses.
+const RESUME_READS: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1)).with_retries(5);
+const RESUME_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A result is published a few times; then its client gets it when it
+/// reconnects (the store says it was not delivered) or asks.
 const PUBLISH_RESULT: RetryPolicy =
     RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(2)).with_retries(4);
 
@@ -124,7 +132,7 @@ async fn take_delivery(ctx: Arc<JobContext>, delivery: Delivery) {
                 code: ErrorCode::CrawlFailed,
                 message: format!("the lock server refused the job: {}", status.message()),
             };
-            publish_finished(&ctx, JobRecord::failed(spec, failure)).await;
+            publish_finished(&ctx, JobRecord::failed(spec, failure), None).await;
             if let Err(e) = delivery.dead_letter().await {
                 tracing::warn!(%job_id, error = %e, "cannot dead-letter message");
             }
@@ -140,7 +148,7 @@ async fn take_delivery(ctx: Arc<JobContext>, delivery: Delivery) {
         Some(acquire_response::Outcome::Done(done)) => {
             // Finished before (a redelivery after a crash): tell the gateway again; it delivers once.
             if let Some(record) = done.record.and_then(|r| JobRecord::try_from(r).ok()) {
-                publish_finished(&ctx, record).await;
+                publish_finished(&ctx, record, None).await;
             }
         }
         Some(acquire_response::Outcome::Held(held)) => {
@@ -196,20 +204,14 @@ pub async fn run_orphan(
     .await;
 }
 
+/// Pages read per call when a crawl resumes from a checkpoint.
+const RESUME_READ: u32 = 1_000;
+
 async fn run_job(ctx: &Arc<JobContext>, spec: JobSpec, lease: v1::Lease) {
     let job_id = spec.job_id.clone();
     let _running = Running::enter(ctx, &job_id);
     let checkpoint: Option<Checkpoint> = lease.checkpoint.map(Into::into);
     ctx.stats.jobs_started.fetch_add(1, Ordering::Relaxed);
-    match &checkpoint {
-        Some(c) => {
-            ctx.stats
-                .pages_resumed
-                .fetch_add(c.pages.len() as u64, Ordering::Relaxed);
-            tracing::info!(%job_id, url = %spec.url, depth = spec.depth, levels_done = c.levels_done, pages_kept = c.pages.len(), "crawl resumed");
-        }
-        None => tracing::info!(%job_id, url = %spec.url, depth = spec.depth, "crawl started"),
-    }
     let progress = Arc::new(Progress::default());
     let stop = ctx.shutdown.child_token();
     let holder = LeaseHolder::start(
@@ -217,8 +219,21 @@ async fn run_job(ctx: &Arc<JobContext>, spec: JobSpec, lease: v1::Lease) {
         job_id.clone(),
         lease.fencing_token,
         progress.clone(),
+        spec.gateway_key.clone(),
         stop.clone(),
     );
+    let resumed = match &checkpoint {
+        None => {
+            tracing::info!(%job_id, url = %spec.url, depth = spec.depth, "crawl started");
+            None
+        }
+        Some(checkpoint) => match resume(ctx, &spec, checkpoint, &stop).await {
+            Some(state) => Some(state),
+            // Stopping, or the lock service is gone: the lease lapses and
+            // another master resumes it.
+            None => return metrics::job_ended("abandoned", None),
+        },
+    };
 
     let last_progress = std::sync::Mutex::new(Instant::now() - PROGRESS_INTERVAL);
     let on_progress = || {
@@ -234,7 +249,7 @@ async fn run_job(ctx: &Arc<JobContext>, spec: JobSpec, lease: v1::Lease) {
             pages_done: progress.pages_done.load(Ordering::Relaxed),
             current_depth: progress.current_depth.load(Ordering::Relaxed),
         };
-        let (queue, key) = (ctx.queue.clone(), spec.gateway_key.clone());
+        let (queue, key) = (ctx.queue.clone(), holder.route());
         tokio::spawn(async move {
             // Progress is best effort: a lost update is replaced by the next.
             let _ = queue
@@ -242,19 +257,27 @@ async fn run_job(ctx: &Arc<JobContext>, spec: JobSpec, lease: v1::Lease) {
                 .await;
         });
     };
-    let on_level = |level| holder.save(level);
     let crawl = Crawl {
         spec: &spec,
         pool: &ctx.pool,
         batch_size: ctx.batch_size,
         progress: &progress,
         on_progress: &on_progress,
-        on_level: &on_level,
+        sink: &holder,
         cancel: &stop,
     };
-    let outcome = match crawl.run(checkpoint).await {
-        Ok(result) => v1::complete_request::Outcome::Result((&result).into()),
-        Err(CrawlError::Cancelled) => {
+    let crawled = crawl.run(resumed).await;
+    let mut inline_pages = None;
+    let outcome = match (crawled, holder.save_failed()) {
+        (_, Some(reason)) => failed(
+            ErrorCode::Internal,
+            format!("the crawl's pages could not be saved: {reason}"),
+        ),
+        (Ok(crawled), None) => {
+            inline_pages = crawled.pages;
+            v1::complete_request::Outcome::Result((&crawled.summary).into())
+        }
+        (Err(CrawlError::Cancelled), None) => {
             if holder.is_lost() {
                 metrics::job_ended("stale", None);
             } else {
@@ -264,14 +287,8 @@ async fn run_job(ctx: &Arc<JobContext>, spec: JobSpec, lease: v1::Lease) {
             }
             return;
         }
-        Err(e @ (CrawlError::BadStartUrl(_) | CrawlError::Refused(_))) => {
-            v1::complete_request::Outcome::Failure(
-                (&JobFailure {
-                    code: ErrorCode::CrawlFailed,
-                    message: e.to_string(),
-                })
-                    .into(),
-            )
+        (Err(e @ (CrawlError::BadStartUrl(_) | CrawlError::Refused(_))), None) => {
+            failed(ErrorCode::CrawlFailed, e.to_string())
         }
     };
     let record = match holder.complete(outcome).await {
@@ -281,30 +298,87 @@ async fn run_job(ctx: &Arc<JobContext>, spec: JobSpec, lease: v1::Lease) {
     };
     let took = Duration::from_millis(record.elapsed_ms);
     metrics::job_ended(record.state.as_str(), Some(took));
-    if let Some(result) = &record.result
-        && let Err(e) = ctx
-            .cache
-            .put(
-                &crawler_core::urls::cache_key(&spec.url, &spec.options),
-                result,
-                ctx.cache_ttl,
-            )
-            .await
-    {
-        tracing::warn!(%job_id, error = %e, "cannot cache the result; continuing");
+    if let Some(summary) = &record.summary {
+        let cached = CachedCrawl {
+            summary: summary.clone(),
+            job_id: job_id.clone(),
+            pages: inline_pages.clone(),
+        };
+        let key = crawler_core::urls::cache_key(&spec.url, &spec.options);
+        if let Err(e) = ctx.cache.put(&key, &cached, ctx.cache_ttl).await {
+            tracing::warn!(%job_id, error = %e, "cannot cache the result; continuing");
+        }
     }
     ctx.stats.jobs_completed.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(%job_id, pages = record.result.as_ref().map_or(0, |r| r.pages.len()), "crawl finished");
-    publish_finished(ctx, record).await;
+    tracing::info!(%job_id, pages = record.pages_done, "crawl finished");
+    publish_finished(ctx, record, inline_pages).await;
+}
+
+fn failed(code: ErrorCode, message: String) -> v1::complete_request::Outcome {
+    v1::complete_request::Outcome::Failure((&JobFailure { code, message }).into())
+}
+
+/// Rebuilds a crawl's state from its checkpoint and the pages of its
+/// completed levels, read from the store a chunk at a time. `None` when
+/// stopping, or when the lock service did not answer (then the lease
+/// lapses and a master resumes the job later).
+async fn resume(
+    ctx: &JobContext,
+    spec: &JobSpec,
+    checkpoint: &Checkpoint,
+    stop: &CancellationToken,
+) -> Option<crate::crawl::State> {
+    let start = url::Url::parse(&spec.url).ok()?;
+    let scope = crawler_core::urls::Scope::new(&start, &spec.options);
+    let mut resume = Resume::new(checkpoint);
+    let mut after: Option<(u32, String)> = None;
+    loop {
+        let query = PageQuery {
+            max_depth: checkpoint.levels_done.saturating_sub(1),
+            after: after.clone(),
+            limit: RESUME_READ,
+        };
+        let request = v1::ReadPagesRequest::new(&spec.job_id, &query);
+        let read = ctx
+            .lock
+            .call(
+                &RESUME_READS,
+                RESUME_DEADLINE,
+                stop,
+                "read pages",
+                |mut lock| {
+                    let request = request.clone();
+                    async move { lock.read_pages(request).await }
+                },
+            )
+            .await;
+        let pages: Vec<PageFacts> = match read {
+            Ok(response) => response.pages.into_iter().map(Into::into).collect(),
+            Err(e) => {
+                tracing::warn!(job_id = %spec.job_id, error = %e, "cannot read the checkpoint's pages; the lease will lapse");
+                return None;
+            }
+        };
+        let Some(last) = pages.last() else { break };
+        after = Some((last.depth, last.url.clone()));
+        resume.absorb(pages);
+    }
+    let kept = resume.pages_kept();
+    ctx.stats
+        .pages_resumed
+        .fetch_add(kept as u64, Ordering::Relaxed);
+    tracing::info!(job_id = %spec.job_id, url = %spec.url, depth = spec.depth, levels_done = checkpoint.levels_done, pages_kept = kept, "crawl resumed");
+    Some(resume.finish(&scope))
 }
 
 /// Publishes to the gateway the stored record names: the one that holds the
 /// client now, which may not be the one that accepted the job.
-async fn publish_finished(ctx: &JobContext, record: JobRecord) {
+async fn publish_finished(ctx: &JobContext, record: JobRecord, pages: Option<Vec<PageFacts>>) {
     let key = record.spec.gateway_key.clone();
     let job_id = record.spec.job_id.clone();
     let event = GatewayEvent::Finished {
         record: Box::new(record),
+        pages,
     }
     .to_bytes();
     let published = PUBLISH_RESULT
@@ -320,7 +394,7 @@ async fn publish_finished(ctx: &JobContext, record: JobRecord) {
     match published {
         Ok(()) => metrics::result_published(),
         Err(_) => {
-            tracing::error!(%job_id, "result not published; the client can still ask for it with `status`")
+            tracing::error!(%job_id, "result not published; the client gets it when it reconnects or asks with `status`")
         }
     }
 }

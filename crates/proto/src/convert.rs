@@ -3,9 +3,10 @@
 
 use crawler_core::ErrorCode;
 use crawler_core::model::{
-    self as m, Checkpoint, CrawlOptions, CrawlResult, JobId, JobRecord, JobSpec, JobState,
-    LevelDone, PageFacts,
+    self as m, Checkpoint, CrawlOptions, JobId, JobRecord, JobSpec, JobState, LevelDone, PageFacts,
+    ResultSummary,
 };
+use crawler_core::ports::PageQuery;
 
 use crate::v1;
 
@@ -114,28 +115,22 @@ impl From<v1::PageFacts> for PageFacts {
     }
 }
 
-impl From<&CrawlResult> for v1::CrawlResult {
-    fn from(r: &CrawlResult) -> Self {
+impl From<&ResultSummary> for v1::ResultSummary {
+    fn from(r: &ResultSummary) -> Self {
         Self {
-            levels: r
-                .levels
-                .iter()
-                .map(|urls| v1::Level { urls: urls.clone() })
-                .collect(),
-            pages: r.pages.iter().map(Into::into).collect(),
             depth: r.depth,
             truncated: r.truncated,
+            level_sizes: r.level_sizes.clone(),
         }
     }
 }
 
-impl From<v1::CrawlResult> for CrawlResult {
-    fn from(r: v1::CrawlResult) -> Self {
+impl From<v1::ResultSummary> for ResultSummary {
+    fn from(r: v1::ResultSummary) -> Self {
         Self {
-            levels: r.levels.into_iter().map(|l| l.urls).collect(),
-            pages: r.pages.into_iter().map(Into::into).collect(),
             depth: r.depth,
             truncated: r.truncated,
+            level_sizes: r.level_sizes,
         }
     }
 }
@@ -144,8 +139,6 @@ impl From<&Checkpoint> for v1::Checkpoint {
     fn from(c: &Checkpoint) -> Self {
         Self {
             levels_done: c.levels_done,
-            pages: c.pages.iter().map(Into::into).collect(),
-            frontier: c.frontier.clone(),
             truncated: c.truncated,
             max_pages: c.max_pages,
         }
@@ -156,8 +149,6 @@ impl From<v1::Checkpoint> for Checkpoint {
     fn from(c: v1::Checkpoint) -> Self {
         Self {
             levels_done: c.levels_done,
-            pages: c.pages.into_iter().map(Into::into).collect(),
-            frontier: c.frontier,
             truncated: c.truncated,
             max_pages: c.max_pages,
         }
@@ -170,24 +161,50 @@ impl v1::SaveLevelRequest {
             job_id: job_id.0.clone(),
             fencing_token,
             depth: level.depth,
-            pages: level.pages.iter().map(Into::into).collect(),
-            frontier: level.frontier.clone(),
+            page_count: level.page_count,
             truncated: level.truncated,
             max_pages: level.max_pages,
         }
     }
 
-    /// The level it carries, and the job and token it is for.
+    /// The level it marks complete, and the job and token it is for.
     pub fn into_level(self) -> (JobId, u64, LevelDone) {
         (
             JobId(self.job_id),
             self.fencing_token,
             LevelDone {
                 depth: self.depth,
-                pages: self.pages.into_iter().map(Into::into).collect(),
-                frontier: self.frontier,
+                page_count: self.page_count,
                 truncated: self.truncated,
                 max_pages: self.max_pages,
+            },
+        )
+    }
+}
+
+impl v1::ReadPagesRequest {
+    pub fn new(job_id: &JobId, query: &PageQuery) -> Self {
+        let (after_depth, after_url) = match &query.after {
+            Some((depth, url)) => (Some(*depth), url.clone()),
+            None => (None, String::new()),
+        };
+        Self {
+            job_id: job_id.0.clone(),
+            max_depth: query.max_depth,
+            after_depth,
+            after_url,
+            limit: query.limit,
+        }
+    }
+
+    /// The pages it asks for, and of which job.
+    pub fn into_query(self) -> (JobId, PageQuery) {
+        (
+            JobId(self.job_id),
+            PageQuery {
+                max_depth: self.max_depth,
+                after: self.after_depth.map(|depth| (depth, self.after_url)),
+                limit: self.limit,
             },
         )
     }
@@ -230,9 +247,15 @@ impl From<&JobRecord> for v1::JobRecord {
             state: v1::JobState::from(r.state) as i32,
             pages_done: r.pages_done,
             current_depth: r.current_depth,
-            result: r.result.as_ref().map(Into::into),
+            summary: r.summary.as_ref().map(Into::into),
             failure: r.failure.as_ref().map(Into::into),
             elapsed_ms: r.elapsed_ms,
+            pages_of: r
+                .pages_of
+                .as_ref()
+                .map(|id| id.0.clone())
+                .unwrap_or_default(),
+            delivered: r.delivered,
         }
     }
 }
@@ -259,9 +282,11 @@ impl TryFrom<v1::JobRecord> for JobRecord {
             state,
             pages_done: r.pages_done,
             current_depth: r.current_depth,
-            result: r.result.map(Into::into),
+            summary: r.summary.map(Into::into),
             failure: r.failure.map(Into::into),
             elapsed_ms: r.elapsed_ms,
+            pages_of: Some(r.pages_of).filter(|id| !id.is_empty()).map(JobId),
+            delivered: r.delivered,
         })
     }
 }
@@ -271,39 +296,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_result_survives_the_round_trip() {
-        let result = CrawlResult {
-            levels: vec![vec!["http://a/".into()], vec!["http://a/b".into()]],
-            pages: vec![PageFacts {
-                url: "http://a/".into(),
-                depth: 0,
-                status: Some(200),
-                title: Some("A".into()),
-                content_type: Some("text/html".into()),
-                bytes: 10,
-                fetch_ms: 3,
-                links: vec!["http://a/b".into()],
-                ..Default::default()
-            }],
-            depth: 1,
+    fn a_summary_and_a_page_survive_the_round_trip() {
+        let summary = ResultSummary {
+            depth: 2,
             truncated: true,
+            level_sizes: vec![1, 3],
         };
-        let back: CrawlResult = v1::CrawlResult::from(&result).into();
-        assert_eq!(back, result);
+        let back: ResultSummary = v1::ResultSummary::from(&summary).into();
+        assert_eq!(back, summary);
+        let page = PageFacts {
+            url: "http://a/".into(),
+            depth: 1,
+            status: Some(200),
+            title: Some("A".into()),
+            content_type: Some("text/html".into()),
+            bytes: 10,
+            fetch_ms: 3,
+            final_url: Some("http://a/b".into()),
+            links: vec!["http://a/b".into()],
+            fields: [("h".to_string(), vec!["x".to_string()])].into(),
+            error: None,
+        };
+        let back: PageFacts = v1::PageFacts::from(&page).into();
+        assert_eq!(back, page);
     }
 
     #[test]
-    fn a_checkpoint_and_a_saved_level_survive_the_round_trip() {
-        let page = PageFacts {
-            url: "http://a/".into(),
-            status: Some(200),
-            links: vec!["http://a/b".into()],
-            ..Default::default()
-        };
+    fn a_checkpoint_a_saved_level_and_a_page_query_survive_the_round_trip() {
         let checkpoint = Checkpoint {
             levels_done: 1,
-            pages: vec![page.clone()],
-            frontier: vec!["http://a/b".into()],
             truncated: true,
             max_pages: 7,
         };
@@ -312,14 +333,23 @@ mod tests {
 
         let level = LevelDone {
             depth: 0,
-            pages: vec![page],
-            frontier: vec!["http://a/b".into()],
+            page_count: 3,
             truncated: false,
             max_pages: 7,
         };
         let job = JobId("j".into());
         let (job_back, token, level_back) = v1::SaveLevelRequest::new(&job, 4, &level).into_level();
-        assert_eq!((job_back, token, level_back), (job, 4, level));
+        assert_eq!((job_back, token, level_back), (job.clone(), 4, level));
+
+        for after in [None, Some((1, "http://a/b".to_string()))] {
+            let query = PageQuery {
+                max_depth: 2,
+                after,
+                limit: 10,
+            };
+            let (job_back, query_back) = v1::ReadPagesRequest::new(&job, &query).into_query();
+            assert_eq!((job_back, query_back), (job.clone(), query));
+        }
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub struct GatewayConfig {
     /// before any gateway's outbox publishes it again, in milliseconds.
     #[arg(long, env = "WS_GATEWAY__OUTBOX_GRACE_MS", default_value_t = 2_000)]
     pub outbox_grace_ms: u64,
+    /// A result of more pages than this is sent as a `resultHead` and parts
+    /// of this many pages, read from the store one part at a time.
+    #[arg(long, env = "WS_GATEWAY__RESULT_PART_PAGES", default_value_t = 1000)]
+    pub result_part_pages: u32,
     /// Largest text frame accepted, in bytes.
     #[arg(long, env = "WS_GATEWAY__MAX_FRAME_BYTES", default_value_t = 256 * 1024)]
     pub max_frame_bytes: usize,
@@ -69,6 +73,10 @@ impl GatewayConfig {
         anyhow::ensure!(
             (1..=self.max_pages).contains(&self.default_max_pages),
             "--default-max-pages must be from 1 to --max-pages"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.result_part_pages),
+            "--result-part-pages must be from 1 to 10000"
         );
         anyhow::ensure!(
             self.max_frame_bytes >= 1024,

@@ -6,46 +6,71 @@ use crawler_core::ErrorCode;
 use crawler_core::protocol::{ClientMessage, ServerMessage, parse_client_message};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
+use crate::delivery::{self, Outgoing, Writer};
 use crate::metrics::Metrics;
 use crate::requests;
+use crate::routes::ClientHandle;
+
+/// Messages queued for one connection by other tasks (results, progress)
+/// before it counts as a reader too slow to keep.
+const OUTGOING_QUEUE: usize = 256;
+
+/// Who is on the other end.
+pub struct Client {
+    pub id: String,
+    /// The client named itself (`?clientId=`): it may have jobs from an
+    /// earlier connection, whose outcomes it is sent now.
+    pub returning: bool,
+}
 
 /// Serves one client until it leaves. Generic over the socket halves so it
 /// can be driven by channels in tests.
-pub async fn serve<S, R, E>(state: AppState, client_id: String, mut sink: S, mut stream: R)
+pub async fn serve<S, R, E>(state: AppState, client: Client, mut sink: S, mut stream: R)
 where
     S: Sink<Message> + Unpin + Send,
     R: Stream<Item = Result<Message, E>> + Unpin + Send,
     E: std::fmt::Display,
 {
     Metrics::inc(&state.metrics.connections);
-    let (tx, mut rx) = mpsc::channel::<ServerMessage>(256);
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(OUTGOING_QUEUE);
+    let handle = ClientHandle::new(tx);
+    let mut out = Socket {
+        state: &state,
+        sink: &mut sink,
+        close: handle.close.clone(),
+    };
     let welcome = ServerMessage::Welcome {
-        client_id: client_id.clone(),
+        client_id: client.id.clone(),
         gateway: state.gateway_key.clone(),
     };
-    if send(&state, &mut sink, welcome).await.is_err() {
-        Metrics::dec(&state.metrics.connections);
-        return;
+    let mut open = out.write(welcome).await;
+    if open && client.returning {
+        for owed in requests::owed_to(&state, &client.id, &handle).await {
+            open = dispatch(&state, &mut out, owed).await;
+            if !open {
+                break;
+            }
+        }
     }
-    loop {
+    while open {
         tokio::select! {
-            outgoing = rx.recv() => {
-                // `tx` lives in this function, so the channel never closes here.
-                let Some(message) = outgoing else { break };
-                if send(&state, &mut sink, message).await.is_err() {
-                    break;
-                }
+            _ = handle.close.cancelled() => break,
+            owed = rx.recv() => {
+                // `handle` holds a sender, so the channel never closes here.
+                let Some(owed) = owed else { break };
+                open = dispatch(&state, &mut out, owed).await;
             }
             incoming = stream.next() => {
                 let replies = match incoming {
-                    Some(Ok(Message::Text(text))) => handle_text(&state, &client_id, text.as_str(), &tx).await,
-                    Some(Ok(Message::Binary(_))) => vec![ServerMessage::error(
+                    Some(Ok(Message::Text(text))) => handle_text(&state, &client.id, text.as_str(), &handle).await,
+                    Some(Ok(Message::Binary(_))) => vec![Outgoing::Message(ServerMessage::error(
                         None,
                         ErrorCode::InvalidMessage,
                         "binary frames are not supported; send JSON as a text frame",
-                    )],
+                    ))],
                     Some(Ok(Message::Close(_))) | None => break,
                     Some(Ok(_)) => continue, // ping and pong are answered by the server
                     Some(Err(e)) => {
@@ -54,27 +79,34 @@ where
                     }
                 };
                 for reply in replies {
-                    if send(&state, &mut sink, reply).await.is_err() {
+                    open = dispatch(&state, &mut out, reply).await;
+                    if !open {
                         break;
                     }
                 }
             }
         }
     }
-    state
-        .metrics
-        .connections
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    state.routes.forget(handle.id);
+    Metrics::dec(&state.metrics.connections);
+}
+
+/// Sends one queued item; false once the connection is broken.
+async fn dispatch<W: Writer>(state: &AppState, out: &mut W, owed: Outgoing) -> bool {
+    match owed {
+        Outgoing::Message(message) => out.write(message).await,
+        Outgoing::Outcome(outcome) => delivery::deliver(state, out, outcome).await,
+    }
 }
 
 async fn handle_text(
     state: &AppState,
     client_id: &str,
     text: &str,
-    tx: &mpsc::Sender<ServerMessage>,
-) -> Vec<ServerMessage> {
+    handle: &ClientHandle,
+) -> Vec<Outgoing> {
     if text.len() > state.max_frame_bytes {
-        return vec![ServerMessage::error(
+        return vec![Outgoing::Message(ServerMessage::error(
             None,
             ErrorCode::MessageTooLarge,
             format!(
@@ -82,30 +114,42 @@ async fn handle_text(
                 text.len(),
                 state.max_frame_bytes
             ),
-        )];
+        ))];
     }
     match parse_client_message(text, &state.limits) {
-        Ok(ClientMessage::Submit(submit)) => requests::submit(state, client_id, submit, tx).await,
-        Ok(ClientMessage::Status { job_id }) => {
-            vec![requests::status(state, client_id, job_id, tx).await]
+        Ok(ClientMessage::Submit(submit)) => {
+            requests::submit(state, client_id, submit, handle).await
         }
-        Err(e) => vec![e.into()],
+        Ok(ClientMessage::Status { job_id }) => {
+            vec![requests::status(state, client_id, job_id, handle).await]
+        }
+        Err(e) => vec![Outgoing::Message(e.into())],
     }
 }
 
-async fn send<S: Sink<Message> + Unpin>(
-    state: &AppState,
-    sink: &mut S,
-    message: ServerMessage,
-) -> Result<(), ()> {
-    match &message {
-        ServerMessage::Error { .. } => Metrics::inc(&state.metrics.errors_sent),
-        ServerMessage::Result { .. } => Metrics::inc(&state.metrics.results_delivered),
-        _ => {}
+/// The socket's sending half, counted, and given up when the connection
+/// is closed for reading too slowly.
+struct Socket<'a, S> {
+    state: &'a AppState,
+    sink: &'a mut S,
+    close: CancellationToken,
+}
+
+impl<S: Sink<Message> + Unpin + Send> Writer for Socket<'_, S> {
+    async fn write(&mut self, message: ServerMessage) -> bool {
+        match &message {
+            ServerMessage::Error { .. } => Metrics::inc(&self.state.metrics.errors_sent),
+            ServerMessage::Result { .. } | ServerMessage::ResultHead { .. } => {
+                Metrics::inc(&self.state.metrics.results_delivered)
+            }
+            _ => {}
+        }
+        let frame = Message::Text(Utf8Bytes::from(message.to_json()));
+        tokio::select! {
+            _ = self.close.cancelled() => false,
+            sent = self.sink.send(frame) => sent.is_ok(),
+        }
     }
-    sink.send(Message::Text(Utf8Bytes::from(message.to_json())))
-        .await
-        .map_err(|_| ())
 }
 
 #[cfg(test)]
@@ -125,7 +169,11 @@ mod tests {
         let gateway = Gateway::build(config, engines).await.unwrap();
         let (sink, sent) = futures::channel::mpsc::unbounded::<Message>();
         let incoming = futures::stream::iter(frames.into_iter().map(Ok::<_, Infallible>));
-        super::serve(gateway.state.clone(), "client-1".into(), sink, incoming).await;
+        let client = super::Client {
+            id: "client-1".into(),
+            returning: false,
+        };
+        super::serve(gateway.state.clone(), client, sink, incoming).await;
         sent.map(|m| match m {
             Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
             other => panic!("the gateway sends text frames only, not {other:?}"),

@@ -11,8 +11,8 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
+use crate::delivery::{Duty, Outcome, Outgoing};
 use crate::metrics::Metrics;
-use crate::requests::record_message;
 
 /// How the gateway subscribes again after losing its queue.
 const RESUBSCRIBE: RetryPolicy =
@@ -49,10 +49,10 @@ pub async fn route_events(state: AppState, shutdown: CancellationToken) {
             };
             Metrics::inc(&state.metrics.events_consumed);
             match GatewayEvent::from_bytes(&delivery.payload) {
-                Ok(event) => deliver(&state, event).await,
+                Ok(event) => deliver(&state, event),
                 Err(e) => tracing::error!(error = %e, "unreadable event; dropping it"),
             }
-            // Delivered (or undeliverable: the client left and can ask `status`).
+            // Handed over, or owed to a client that is away: the store has it.
             if let Err(e) = delivery.ack().await {
                 tracing::warn!(error = %e, "cannot ack event");
             }
@@ -61,7 +61,9 @@ pub async fn route_events(state: AppState, shutdown: CancellationToken) {
     }
 }
 
-async fn deliver(state: &AppState, event: GatewayEvent) {
+/// Hands an event to the connection waiting for its job, without waiting
+/// on that connection: one slow client never holds up the others.
+fn deliver(state: &AppState, event: GatewayEvent) {
     match event {
         GatewayEvent::Progress {
             job_id,
@@ -70,18 +72,27 @@ async fn deliver(state: &AppState, event: GatewayEvent) {
             current_depth,
             ..
         } => {
-            if let Some(tx) = state.routes.peek(&job_id) {
-                // Progress may be dropped if the client is slow; the result may not.
-                let _ = tx.try_send(ServerMessage::Progress {
+            if let Some(client) = state.routes.peek(&job_id) {
+                // Progress may be dropped if the client is slow; the next replaces it.
+                let progress = ServerMessage::Progress {
                     job_id: client_job_id,
                     pages_done,
                     current_depth,
-                });
+                };
+                client.offer(Outgoing::Message(progress), false);
             }
         }
-        GatewayEvent::Finished { record } => {
-            if let Some(tx) = state.routes.take(&record.spec.job_id) {
-                let _ = tx.send(record_message(*record)).await;
+        GatewayEvent::Finished { record, pages } => {
+            // No connection here waits for it: the client is away, and is
+            // sent the outcome from the store when it comes back.
+            if let Some(client) = state.routes.take(&record.spec.job_id) {
+                let outcome = Outcome {
+                    record: *record,
+                    pages,
+                    cached: false,
+                    duty: Duty::Push,
+                };
+                client.offer(Outgoing::outcome(outcome), true);
             }
         }
     }

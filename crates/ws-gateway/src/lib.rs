@@ -4,6 +4,7 @@
 
 pub mod config;
 mod connection;
+mod delivery;
 mod events;
 mod metrics;
 mod outbox;
@@ -41,6 +42,8 @@ pub struct AppState {
     limits: Limits,
     policy: Arc<NetworkPolicy>,
     max_frame_bytes: usize,
+    /// A result of more pages than this is sent in parts of this many.
+    part_pages: u32,
     resolve_timeout: Duration,
     routes: Arc<Routes>,
     metrics: Arc<Metrics>,
@@ -66,6 +69,7 @@ impl Gateway {
             limits: config.limits(),
             policy: Arc::new(NetworkPolicy::new(config.allow_network.clone())),
             max_frame_bytes: config.max_frame_bytes,
+            part_pages: config.result_part_pages,
             resolve_timeout: config.resolve_timeout(),
             routes: Arc::default(),
             metrics: Arc::default(),
@@ -135,8 +139,11 @@ async fn upgrade(
     Query(query): Query<HashMap<String, String>>,
     State(state): State<AppState>,
 ) -> Response {
-    let client_id = match query.get("clientId") {
-        Some(id) if valid_client_id(id) => id.clone(),
+    let client = match query.get("clientId") {
+        Some(id) if valid_client_id(id) => connection::Client {
+            id: id.clone(),
+            returning: true,
+        },
         Some(_) => {
             return (
                 StatusCode::BAD_REQUEST,
@@ -144,7 +151,10 @@ async fn upgrade(
             )
                 .into_response();
         }
-        None => uuid::Uuid::new_v4().to_string(),
+        None => connection::Client {
+            id: uuid::Uuid::new_v4().to_string(),
+            returning: false,
+        },
     };
     // Frames over the protocol limit still arrive whole so the client gets a
     // clear `message_too_large` instead of a dropped connection.
@@ -152,7 +162,7 @@ async fn upgrade(
     ws.max_message_size(transport_limit)
         .on_upgrade(move |socket| async move {
             let (sink, stream) = socket.split();
-            connection::serve(state, client_id, sink, stream).await;
+            connection::serve(state, client, sink, stream).await;
         })
 }
 

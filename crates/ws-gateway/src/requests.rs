@@ -1,10 +1,11 @@
 //! What the gateway does with each client request: validate, answer from
-//! the cache or queue, and answer `status` from the store.
+//! the cache or queue, and answer `status` from the store; and what it owes
+//! a client that comes back.
 
 use std::time::Instant;
 
 use crawler_core::ErrorCode;
-use crawler_core::model::{CrawlOptions, JobId, JobRecord, JobSpec, JobState};
+use crawler_core::model::{CachedCrawl, CrawlOptions, JobId, JobRecord, JobSpec, JobState};
 use crawler_core::ports::InsertOutcome;
 use crawler_core::protocol::{ServerMessage, Submit};
 use crawler_core::urls;
@@ -12,9 +13,10 @@ use tracing::Instrument;
 use url::Url;
 
 use crate::AppState;
+use crate::delivery::{Duty, Outcome, Outgoing};
 use crate::metrics::Metrics;
 use crate::outbox;
-use crate::routes::ClientTx;
+use crate::routes::ClientHandle;
 
 type Refusal = (ErrorCode, String);
 
@@ -24,26 +26,33 @@ pub async fn submit(
     state: &AppState,
     client_id: &str,
     request: Submit,
-    tx: &ClientTx,
-) -> Vec<ServerMessage> {
+    client: &ClientHandle,
+) -> Vec<Outgoing> {
     let span = tracing::info_span!(
         "job.accept",
         client_job_id = %request.job_id,
         job_id = tracing::field::Empty
     );
-    accept(state, client_id, request, tx).instrument(span).await
+    accept(state, client_id, request, client)
+        .instrument(span)
+        .await
 }
 
 async fn accept(
     state: &AppState,
     client_id: &str,
     request: Submit,
-    tx: &ClientTx,
-) -> Vec<ServerMessage> {
+    client: &ClientHandle,
+) -> Vec<Outgoing> {
     let started = Instant::now();
     let job_id = request.job_id.clone();
-    let refuse =
-        |(code, message): Refusal| vec![ServerMessage::error(Some(job_id.clone()), code, message)];
+    let refuse = |(code, message): Refusal| {
+        vec![Outgoing::Message(ServerMessage::error(
+            Some(job_id.clone()),
+            code,
+            message,
+        ))]
+    };
 
     let url = match urls::parse_absolute(&request.url) {
         Ok(url) => url,
@@ -81,19 +90,28 @@ async fn accept(
     // The cache first: a crawl as deep or deeper answers at once, no master involved.
     let key = urls::cache_key(&spec.url, &spec.options);
     match state.engines.cache.get(&key).await {
-        Ok(Some(cached)) if cached.depth >= spec.depth => {
-            let result = cached.trimmed_to(spec.depth);
-            return match state.engines.store.insert_done(&spec, &result).await {
+        Ok(Some(cached)) if cached.summary.depth >= spec.depth => {
+            let cached = cached.trimmed_to(spec.depth);
+            return match state.engines.store.insert_done(&spec, &cached).await {
                 Ok(InsertOutcome::Created) => {
                     Metrics::inc(&state.metrics.cache_hits);
                     Metrics::inc(&state.metrics.jobs_accepted);
-                    let elapsed = started.elapsed().as_millis() as u64;
+                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    let (record, pages) = answered_from_cache(spec, cached, elapsed_ms);
                     vec![
-                        accepted,
-                        ServerMessage::result(request.job_id, spec.url, result, true, elapsed),
+                        Outgoing::Message(accepted),
+                        Outgoing::outcome(Outcome {
+                            record,
+                            pages,
+                            cached: true,
+                            // Recorded as delivered when it was inserted.
+                            duty: Duty::Claimed,
+                        }),
                     ]
                 }
-                Ok(InsertOutcome::Exists(existing)) => attach(state, &spec, *existing, tx).await,
+                Ok(InsertOutcome::Exists(existing)) => {
+                    attach(state, &spec, *existing, client).await
+                }
                 Err(e) => refuse((
                     ErrorCode::Unavailable,
                     format!("job store unavailable: {e}"),
@@ -106,12 +124,12 @@ async fn accept(
     }
 
     // Route before publishing, so even an instant result finds its connection.
-    state.routes.insert(spec.job_id.clone(), tx.clone());
+    state.routes.insert(spec.job_id.clone(), client.clone());
     match state.engines.store.insert_job(&spec).await {
         Ok(InsertOutcome::Created) => {}
         Ok(InsertOutcome::Exists(existing)) => {
             state.routes.take(&spec.job_id);
-            return attach(state, &spec, *existing, tx).await;
+            return attach(state, &spec, *existing, client).await;
         }
         Err(e) => {
             state.routes.take(&spec.job_id);
@@ -132,7 +150,28 @@ async fn accept(
     };
     Metrics::inc(&state.metrics.jobs_accepted);
     tracing::info!(job_id = %spec.job_id, client_job_id = %request.job_id, url = %spec.url, depth = spec.depth, published, "job accepted");
-    vec![accepted]
+    vec![Outgoing::Message(accepted)]
+}
+
+/// The record of a job answered from the cache, as it was inserted, and
+/// the cached pages when the cache kept them.
+fn answered_from_cache(
+    spec: JobSpec,
+    cached: CachedCrawl,
+    elapsed_ms: u64,
+) -> (JobRecord, Option<Vec<crawler_core::model::PageFacts>>) {
+    let record = JobRecord {
+        pages_done: u32::try_from(cached.summary.page_count()).unwrap_or(u32::MAX),
+        current_depth: cached.summary.depth,
+        state: JobState::Done,
+        summary: Some(cached.summary),
+        failure: None,
+        elapsed_ms,
+        pages_of: Some(cached.job_id),
+        delivered: true,
+        spec,
+    };
+    (record, cached.pages)
 }
 
 /// A submit with a job id this client used before. The same request again
@@ -143,46 +182,113 @@ async fn attach(
     state: &AppState,
     asked: &JobSpec,
     existing: JobRecord,
-    tx: &ClientTx,
-) -> Vec<ServerMessage> {
+    client: &ClientHandle,
+) -> Vec<Outgoing> {
     let same_request = existing.spec.url == asked.url
         && existing.spec.depth == asked.depth
         && existing.spec.options == asked.options;
     if !same_request {
-        return vec![ServerMessage::error(
+        return vec![Outgoing::Message(ServerMessage::error(
             Some(asked.client_job_id.clone()),
             ErrorCode::DuplicateJob,
             duplicate(&asked.client_job_id).1,
-        )];
+        ))];
     }
     Metrics::inc(&state.metrics.jobs_attached);
-    let accepted = ServerMessage::Accepted {
+    let accepted = Outgoing::Message(ServerMessage::Accepted {
         job_id: existing.spec.client_job_id.clone(),
         url: existing.spec.url.clone(),
         depth: existing.spec.depth,
-    };
+    });
     if existing.state.is_final() {
-        return vec![accepted, record_message(existing)];
+        return vec![accepted, answer(existing)];
     }
-    follow(state, &existing, tx).await;
-    vec![accepted]
+    match follow(state, &existing, client).await {
+        Some(finished) => vec![accepted, finished],
+        None => vec![accepted],
+    }
+}
+
+/// A finished job's outcome, asked for.
+fn answer(record: JobRecord) -> Outgoing {
+    Outgoing::outcome(Outcome {
+        record,
+        pages: None,
+        cached: false,
+        duty: Duty::Answer,
+    })
 }
 
 /// Sends a running job's events to this connection: through this gateway's
 /// routes, and, when another gateway accepted the job, by pointing the job
 /// at this gateway in the store, where its master reads where to publish.
-async fn follow(state: &AppState, record: &JobRecord, tx: &ClientTx) {
-    state.routes.insert(record.spec.job_id.clone(), tx.clone());
-    if record.spec.gateway_key != state.gateway_key
-        && let Err(e) = state
-            .engines
-            .store
-            .reroute(&record.spec.job_id, &state.gateway_key)
-            .await
+/// The job may have finished meanwhile, its end published to the gateway
+/// it pointed at before: then its outcome is returned, to be pushed here
+/// (the store's delivery claim keeps that from sending it twice).
+async fn follow(state: &AppState, record: &JobRecord, client: &ClientHandle) -> Option<Outgoing> {
+    let job_id = &record.spec.job_id;
+    state.routes.insert(job_id.clone(), client.clone());
+    if record.spec.gateway_key == state.gateway_key {
+        return None;
+    }
+    if let Err(e) = state
+        .engines
+        .store
+        .reroute(job_id, &state.gateway_key)
+        .await
     {
-        tracing::warn!(job_id = %record.spec.job_id, error = %e, "cannot point the job at this gateway; `status` still answers");
+        tracing::warn!(%job_id, error = %e, "cannot point the job at this gateway; `status` still answers");
+        return None;
+    }
+    match state.engines.store.get(job_id).await {
+        Ok(Some(now)) if now.state.is_final() => {
+            state.routes.take(job_id);
+            Some(Outgoing::outcome(Outcome {
+                record: now,
+                pages: None,
+                cached: false,
+                duty: Duty::Push,
+            }))
+        }
+        _ => None,
     }
 }
+
+/// What a client that comes back is owed: the outcomes of its jobs that
+/// finished while it was away, and the progress of those still running
+/// (whose events now come here).
+pub async fn owed_to(state: &AppState, client_id: &str, client: &ClientHandle) -> Vec<Outgoing> {
+    let open = match state.engines.store.open_jobs(client_id, OWED_AT_ONCE).await {
+        Ok(open) => open,
+        Err(e) => {
+            tracing::warn!(client_id, error = %e, "cannot read a returning client's jobs; it can ask `status`");
+            return Vec::new();
+        }
+    };
+    let mut owed = Vec::with_capacity(open.len());
+    for record in open {
+        if record.state.is_final() {
+            owed.push(Outgoing::outcome(Outcome {
+                record,
+                pages: None,
+                cached: false,
+                duty: Duty::Push,
+            }));
+            continue;
+        }
+        owed.push(Outgoing::Message(ServerMessage::Progress {
+            job_id: record.spec.client_job_id.clone(),
+            pages_done: record.pages_done,
+            current_depth: record.current_depth,
+        }));
+        owed.extend(follow(state, &record, client).await);
+    }
+    owed
+}
+
+/// A returning client's open jobs handled at its connection; more (a client
+/// with thousands of jobs in flight) are answered by `status`.
+const OWED_AT_ONCE: u32 = 1_000;
 
 fn duplicate(job_id: &str) -> Refusal {
     (
@@ -239,55 +345,43 @@ pub async fn status(
     state: &AppState,
     client_id: &str,
     client_job_id: String,
-    tx: &ClientTx,
-) -> ServerMessage {
+    client: &ClientHandle,
+) -> Outgoing {
     match state
         .engines
         .store
         .find_by_client(client_id, &client_job_id)
         .await
     {
+        Ok(Some(record)) if record.state.is_final() => answer(record),
         Ok(Some(record)) => {
-            if !record.state.is_final() {
-                // The client may be on a new connection: send the result there.
-                follow(state, &record, tx).await;
-            }
-            record_message(record)
+            // The client may be on a new connection: send the result there.
+            let now = status_message(&record);
+            follow(state, &record, client)
+                .await
+                .unwrap_or(Outgoing::Message(now))
         }
-        Ok(None) => ServerMessage::error(
+        Ok(None) => Outgoing::Message(ServerMessage::error(
             Some(client_job_id.clone()),
             ErrorCode::UnknownJob,
             format!(
                 "no job `{client_job_id}` was submitted by this client (reconnect with the same ?clientId= to see earlier jobs)"
             ),
-        ),
-        Err(e) => ServerMessage::error(
+        )),
+        Err(e) => Outgoing::Message(ServerMessage::error(
             Some(client_job_id),
             ErrorCode::Unavailable,
             format!("job store unavailable: {e}"),
-        ),
+        )),
     }
 }
 
-/// How a stored job looks to its client.
-pub fn record_message(record: JobRecord) -> ServerMessage {
-    let client_job_id = record.spec.client_job_id.clone();
-    match (record.state, record.result, record.failure) {
-        (JobState::Done, Some(result), _) => ServerMessage::result(
-            client_job_id,
-            record.spec.url,
-            result,
-            false,
-            record.elapsed_ms,
-        ),
-        (JobState::Failed, _, Some(failure)) => {
-            ServerMessage::error(Some(client_job_id), failure.code, failure.message)
-        }
-        (state, _, _) => ServerMessage::Status {
-            job_id: client_job_id,
-            state: state.as_str().to_string(),
-            pages_done: record.pages_done,
-            current_depth: record.current_depth,
-        },
+/// Where an unfinished job stands, as its client sees it.
+fn status_message(record: &JobRecord) -> ServerMessage {
+    ServerMessage::Status {
+        job_id: record.spec.client_job_id.clone(),
+        state: record.state.as_str().to_string(),
+        pages_done: record.pages_done,
+        current_depth: record.current_depth,
     }
 }

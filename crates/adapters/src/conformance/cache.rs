@@ -2,28 +2,34 @@
 
 use std::time::Duration;
 
-use crawler_core::model::{CrawlResult, PageFacts};
+use crawler_core::model::{CachedCrawl, JobId, PageFacts, ResultSummary};
 use crawler_core::ports::ResultCache;
 
 use super::eventually;
 
 const LONG: Duration = Duration::from_secs(600);
 
-/// A crawl to `depth` with one page per level, so depths are told apart.
-fn crawl(depth: u32) -> CrawlResult {
+/// A crawl to `depth` with one page per level, so depths are told apart;
+/// its pages kept beside it.
+fn crawl(depth: u32) -> CachedCrawl {
     let url = |d: u32| format!("https://example.com/{d}");
-    CrawlResult {
-        levels: (0..=depth).map(|d| vec![url(d)]).collect(),
-        pages: (0..=depth)
-            .map(|d| PageFacts {
-                url: url(d),
-                depth: d,
-                status: Some(200),
-                ..PageFacts::default()
-            })
-            .collect(),
-        depth,
-        truncated: false,
+    CachedCrawl {
+        summary: ResultSummary {
+            depth,
+            truncated: false,
+            level_sizes: vec![1; depth as usize + 1],
+        },
+        job_id: JobId(format!("job-{depth}")),
+        pages: Some(
+            (0..=depth)
+                .map(|d| PageFacts {
+                    url: url(d),
+                    depth: d,
+                    status: Some(200),
+                    ..PageFacts::default()
+                })
+                .collect(),
+        ),
     }
 }
 
@@ -40,6 +46,14 @@ pub async fn stored_result_is_returned(cache: &dyn ResultCache) {
     let key = key();
     cache.put(&key, &crawl(2), LONG).await.unwrap();
     assert_eq!(cache.get(&key).await.unwrap(), Some(crawl(2)));
+    // A large crawl is cached without its pages: a reference to the store.
+    let large = CachedCrawl {
+        pages: None,
+        ..crawl(3)
+    };
+    let key = self::key();
+    cache.put(&key, &large, LONG).await.unwrap();
+    assert_eq!(cache.get(&key).await.unwrap(), Some(large));
 }
 
 pub async fn deeper_crawl_is_kept_over_a_shallower_put(cache: &dyn ResultCache) {

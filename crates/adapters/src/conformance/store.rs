@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use crawler_core::ErrorCode;
 use crawler_core::model::{
-    CrawlOptions, CrawlResult, JobFailure, JobId, JobSpec, JobState, LevelDone, PageFacts,
+    CachedCrawl, CrawlOptions, JobFailure, JobId, JobSpec, JobState, LevelDone, PageFacts,
+    ResultSummary,
 };
 use crawler_core::ports::{
-    AcquireOutcome, Grant, InsertOutcome, JobOutcome, JobStore, Lease, StoreError,
+    AcquireOutcome, Grant, InsertOutcome, JobOutcome, JobStore, Lease, PageQuery, StoreError,
 };
 
 const ACCEPTED: u64 = 1_000_000;
@@ -31,12 +32,41 @@ fn spec() -> JobSpec {
     }
 }
 
-fn result() -> CrawlResult {
-    CrawlResult {
-        levels: vec![vec!["https://example.com/".into()]],
+/// The result of a crawl that saved no page (a start page the spider refused).
+fn result() -> ResultSummary {
+    ResultSummary {
         depth: 2,
-        ..CrawlResult::default()
+        truncated: false,
+        level_sizes: Vec::new(),
     }
+}
+
+fn done(summary: ResultSummary) -> JobOutcome {
+    JobOutcome::Done {
+        summary,
+        last_pages: Vec::new(),
+    }
+}
+
+/// Every stored page of a job, in (depth, URL) order, read in pages of two.
+async fn all_pages(store: &dyn JobStore, job_id: &JobId) -> Vec<PageFacts> {
+    let mut pages: Vec<PageFacts> = Vec::new();
+    loop {
+        let query = PageQuery {
+            max_depth: u32::MAX,
+            after: pages.last().map(|p| (p.depth, p.url.clone())),
+            limit: 2,
+        };
+        let next = store.read_pages(job_id, &query).await.unwrap();
+        if next.is_empty() {
+            return pages;
+        }
+        pages.extend(next);
+    }
+}
+
+fn urls(pages: &[PageFacts]) -> Vec<&str> {
+    pages.iter().map(|p| p.url.as_str()).collect()
 }
 
 async fn grant(store: &dyn JobStore, spec: &JobSpec, master: &str, now_ms: u64) -> Lease {
@@ -60,11 +90,26 @@ fn page(url: &str, depth: u32) -> PageFacts {
     }
 }
 
-fn level(depth: u32, urls: &[&str], frontier: &[&str]) -> LevelDone {
+fn pages(depth: u32, urls: &[&str]) -> Vec<PageFacts> {
+    urls.iter().map(|url| page(url, depth)).collect()
+}
+
+/// Saves the pages of level `depth`, then marks the level complete.
+async fn save_level(store: &dyn JobStore, job_id: &JobId, token: u64, depth: u32, urls: &[&str]) {
+    store
+        .save_pages(job_id, token, depth, &pages(depth, urls))
+        .await
+        .unwrap();
+    store
+        .save_level(job_id, token, &level(depth, urls.len()))
+        .await
+        .unwrap();
+}
+
+fn level(depth: u32, page_count: usize) -> LevelDone {
     LevelDone {
         depth,
-        pages: urls.iter().map(|url| page(url, depth)).collect(),
-        frontier: frontier.iter().map(|url| url.to_string()).collect(),
+        page_count: page_count as u32,
         truncated: false,
         max_pages: 100,
     }
@@ -115,22 +160,44 @@ pub async fn unknown_jobs_are_absent(store: &dyn JobStore) {
     );
 }
 
-pub async fn a_cache_answer_is_recorded_as_done(store: &dyn JobStore) {
+/// What the cache holds of a finished crawl of `job_id`.
+fn cached(job_id: &JobId) -> CachedCrawl {
+    CachedCrawl {
+        summary: ResultSummary {
+            depth: 1,
+            truncated: false,
+            level_sizes: vec![1, 2],
+        },
+        job_id: job_id.clone(),
+        pages: None,
+    }
+}
+
+pub async fn a_cache_answer_is_recorded_as_done_and_delivered(store: &dyn JobStore) {
     let spec = spec();
+    let source = JobId::new_random();
     assert_eq!(
-        store.insert_done(&spec, &result()).await.unwrap(),
+        store.insert_done(&spec, &cached(&source)).await.unwrap(),
         InsertOutcome::Created
     );
     let record = store.get(&spec.job_id).await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Done);
-    assert_eq!(record.result, Some(result()));
+    assert_eq!(record.summary, Some(cached(&source).summary));
+    assert_eq!(record.pages_done, 3);
+    assert_eq!(
+        record.pages_job(),
+        &source,
+        "its pages are the cached crawl's"
+    );
+    assert!(record.delivered, "answered as it was recorded");
+    assert!(!store.claim_delivery(&spec.job_id).await.unwrap());
 
     match store.acquire(&spec, "m1", TTL, ACCEPTED).await.unwrap() {
         AcquireOutcome::AlreadyDone(done) => assert_eq!(*done, record),
         other => panic!("expected AlreadyDone, got {other:?}"),
     }
     assert!(matches!(
-        store.insert_done(&spec, &result()).await.unwrap(),
+        store.insert_done(&spec, &cached(&source)).await.unwrap(),
         InsertOutcome::Exists(_)
     ));
 }
@@ -203,23 +270,13 @@ pub async fn an_expired_lease_is_taken_over_and_fences_the_old_holder(store: &dy
     );
     assert_stale(
         store
-            .complete(
-                &spec.job_id,
-                old.fencing_token,
-                &JobOutcome::Done(result()),
-                later,
-            )
+            .complete(&spec.job_id, old.fencing_token, &done(result()), later)
             .await,
         old.fencing_token,
         new.fencing_token,
     );
     let record = store
-        .complete(
-            &spec.job_id,
-            new.fencing_token,
-            &JobOutcome::Done(result()),
-            later,
-        )
+        .complete(&spec.job_id, new.fencing_token, &done(result()), later)
         .await
         .unwrap();
     assert_eq!(record.state, JobState::Done);
@@ -233,7 +290,14 @@ pub async fn heartbeat_renews_the_lease_and_records_progress(store: &dyn JobStor
         .heartbeat(&spec.job_id, lease.fencing_token, 7, 1, TTL, now)
         .await
         .unwrap();
-    assert_eq!(renewed, now + 10_000);
+    assert_eq!(renewed.expires_at_ms, now + 10_000);
+    assert_eq!(renewed.gateway_key, None, "its client has not moved");
+    store.reroute(&spec.job_id, "gw-2").await.unwrap();
+    let renewed = store
+        .heartbeat(&spec.job_id, lease.fencing_token, 7, 1, TTL, now)
+        .await
+        .unwrap();
+    assert_eq!(renewed.gateway_key.as_deref(), Some("gw-2"));
 
     let record = store.get(&spec.job_id).await.unwrap().unwrap();
     assert_eq!((record.pages_done, record.current_depth), (7, 1));
@@ -246,7 +310,7 @@ pub async fn heartbeat_renews_the_lease_and_records_progress(store: &dyn JobStor
         outcome,
         AcquireOutcome::HeldElsewhere {
             master_id: "m1".into(),
-            expires_at_ms: renewed,
+            expires_at_ms: renewed.expires_at_ms,
         }
     );
 }
@@ -259,29 +323,163 @@ pub async fn heartbeat_and_complete_of_an_unknown_job_are_refused(store: &dyn Jo
     ));
     assert!(matches!(
         store
-            .complete(&ghost, 1, &JobOutcome::Done(result()), ACCEPTED)
+            .complete(&ghost, 1, &done(result()), ACCEPTED)
             .await,
         Err(StoreError::UnknownJob(id)) if id == ghost
     ));
 }
 
-pub async fn complete_stores_the_result_and_elapsed_time(store: &dyn JobStore) {
+pub async fn complete_stores_the_summary_of_the_saved_pages(store: &dyn JobStore) {
     let spec = spec();
     let lease = grant(store, &spec, "m1", ACCEPTED + 100).await;
+    let token = lease.fencing_token;
+    save_level(store, &spec.job_id, token, 0, &["https://example.com/"]).await;
+    // The last level has no next level, so it is never marked complete:
+    // part of it is saved as it arrives, the rest comes with the completion.
+    store
+        .save_pages(
+            &spec.job_id,
+            token,
+            1,
+            &pages(1, &["https://example.com/b"]),
+        )
+        .await
+        .unwrap();
+    let last_pages = pages(1, &["https://example.com/a"]);
+    let summary = ResultSummary {
+        depth: 1,
+        truncated: false,
+        level_sizes: vec![1, 2],
+    };
+    let short = ResultSummary {
+        level_sizes: vec![1, 3],
+        ..summary.clone()
+    };
+    assert!(
+        matches!(
+            store
+                .complete(
+                    &spec.job_id,
+                    token,
+                    &JobOutcome::Done {
+                        summary: short,
+                        last_pages: last_pages.clone()
+                    },
+                    ACCEPTED + 2_000
+                )
+                .await,
+            Err(StoreError::PagesMissing {
+                said: 4,
+                saved: 3,
+                ..
+            })
+        ),
+        "a summary the saved pages do not add up to is refused"
+    );
     let record = store
         .complete(
             &spec.job_id,
-            lease.fencing_token,
-            &JobOutcome::Done(result()),
+            token,
+            &JobOutcome::Done {
+                summary: summary.clone(),
+                last_pages,
+            },
             ACCEPTED + 2_500,
         )
         .await
         .unwrap();
     assert_eq!(record.state, JobState::Done);
-    assert_eq!(record.result, Some(result()));
+    assert_eq!(record.summary, Some(summary));
+    assert_eq!(record.pages_done, 3);
     assert_eq!(record.failure, None);
     assert_eq!(record.elapsed_ms, 2_500);
+    assert!(!record.delivered);
     assert_eq!(store.get(&spec.job_id).await.unwrap(), Some(record));
+    assert_eq!(
+        urls(&all_pages(store, &spec.job_id).await),
+        [
+            "https://example.com/",
+            "https://example.com/a",
+            "https://example.com/b"
+        ],
+        "by depth, then URL"
+    );
+    let level_zero = PageQuery {
+        max_depth: 0,
+        after: None,
+        limit: 10,
+    };
+    assert_eq!(
+        store
+            .read_pages(&spec.job_id, &level_zero)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+pub async fn urls_are_ordered_byte_by_byte(store: &dyn JobStore) {
+    let spec = spec();
+    let lease = grant(store, &spec, "m1", ACCEPTED).await;
+    // The crawler sorts levels by bytes; a locale's collation would put
+    // these in another order.
+    let odd = [
+        "https://example.com/B",
+        "https://example.com/a",
+        "https://example.com/_",
+        "https://example.com/\u{e9}",
+    ];
+    store
+        .save_pages(&spec.job_id, lease.fencing_token, 0, &pages(0, &odd))
+        .await
+        .unwrap();
+    let mut sorted = odd.to_vec();
+    sorted.sort_unstable();
+    assert_eq!(urls(&all_pages(store, &spec.job_id).await), sorted);
+}
+
+pub async fn a_finished_job_is_delivered_once_and_given_back_when_sending_fails(
+    store: &dyn JobStore,
+) {
+    let spec = spec();
+    store.insert_job(&spec).await.unwrap();
+    assert!(
+        !store.claim_delivery(&spec.job_id).await.unwrap(),
+        "nothing to deliver while it runs"
+    );
+    let open = store.open_jobs(&spec.client_id, 10).await.unwrap();
+    assert_eq!(open.len(), 1, "a running job owes its progress");
+    let lease = grant(store, &spec, "m1", ACCEPTED).await;
+    store
+        .complete(
+            &spec.job_id,
+            lease.fencing_token,
+            &done(result()),
+            ACCEPTED + 1,
+        )
+        .await
+        .unwrap();
+    assert!(store.claim_delivery(&spec.job_id).await.unwrap());
+    assert!(!store.claim_delivery(&spec.job_id).await.unwrap(), "once");
+    assert!(
+        store
+            .open_jobs(&spec.client_id, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.unclaim_delivery(&spec.job_id).await.unwrap();
+    let open = store.open_jobs(&spec.client_id, 10).await.unwrap();
+    assert_eq!(open[0].state, JobState::Done);
+    assert!(store.claim_delivery(&spec.job_id).await.unwrap());
+    assert!(
+        store
+            .open_jobs("another client", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn failure_is_recorded(store: &dyn JobStore) {
@@ -302,7 +500,7 @@ pub async fn failure_is_recorded(store: &dyn JobStore) {
         .unwrap();
     assert_eq!(record.state, JobState::Failed);
     assert_eq!(record.failure, Some(failure));
-    assert_eq!(record.result, None);
+    assert_eq!(record.summary, None);
     assert_eq!(record.elapsed_ms, 40);
 }
 
@@ -313,7 +511,7 @@ pub async fn completing_twice_keeps_the_first_outcome(store: &dyn JobStore) {
         .complete(
             &spec.job_id,
             lease.fencing_token,
-            &JobOutcome::Done(result()),
+            &done(result()),
             ACCEPTED + 10,
         )
         .await
@@ -361,13 +559,22 @@ pub async fn racing_masters_get_exactly_one_grant(store: &dyn JobStore) {
 pub async fn an_orphan_is_handed_over_with_the_next_token_and_its_checkpoint(store: &dyn JobStore) {
     let spec = spec();
     let old = grant(store, &spec, "m1", ACCEPTED).await;
-    let first = level(
+    save_level(
+        store,
+        &spec.job_id,
+        old.fencing_token,
         0,
         &["https://example.com/"],
-        &["https://example.com/a", "https://example.com/b"],
-    );
+    )
+    .await;
+    // Level 1 was under way: its pages so far are dropped at the takeover.
     store
-        .save_level(&spec.job_id, old.fencing_token, &first)
+        .save_pages(
+            &spec.job_id,
+            old.fencing_token,
+            1,
+            &pages(1, &["https://example.com/a"]),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -389,11 +596,11 @@ pub async fn an_orphan_is_handed_over_with_the_next_token_and_its_checkpoint(sto
     assert_eq!(takeover.grant.lease.fencing_token, old.fencing_token + 1);
     let checkpoint = takeover.grant.checkpoint.expect("level 0 was saved");
     assert_eq!(checkpoint.levels_done, 1);
-    assert_eq!(checkpoint.pages, first.pages);
-    assert_eq!(checkpoint.frontier, first.frontier);
+    assert_eq!(checkpoint.max_pages, 100);
     assert_eq!(
-        checkpoint.levels(),
-        vec![vec!["https://example.com/".to_string()]]
+        urls(&all_pages(store, &spec.job_id).await),
+        ["https://example.com/"],
+        "the completed level is kept, the unfinished one dropped"
     );
 
     assert_eq!(
@@ -406,7 +613,19 @@ pub async fn an_orphan_is_handed_over_with_the_next_token_and_its_checkpoint(sto
     );
     assert_stale(
         store
-            .save_level(&spec.job_id, old.fencing_token, &level(1, &[], &[]))
+            .save_pages(
+                &spec.job_id,
+                old.fencing_token,
+                1,
+                &pages(1, &["https://example.com/x"]),
+            )
+            .await,
+        old.fencing_token,
+        old.fencing_token + 1,
+    );
+    assert_stale(
+        store
+            .save_level(&spec.job_id, old.fencing_token, &level(1, 0))
             .await,
         old.fencing_token,
         old.fencing_token + 1,
@@ -459,7 +678,7 @@ pub async fn a_released_job_is_an_orphan_at_once(store: &dyn JobStore) {
         .complete(
             &spec.job_id,
             takeover.grant.lease.fencing_token,
-            &JobOutcome::Done(result()),
+            &done(result()),
             ACCEPTED + 20,
         )
         .await
@@ -485,22 +704,52 @@ pub async fn levels_are_saved_in_order_and_a_repeated_save_is_harmless(store: &d
     let spec = spec();
     let lease = grant(store, &spec, "m1", ACCEPTED).await;
     let token = lease.fencing_token;
-    let zero = level(0, &["https://example.com/"], &["https://example.com/a"]);
-    store.save_level(&spec.job_id, token, &zero).await.unwrap();
-    store.save_level(&spec.job_id, token, &zero).await.unwrap();
+    save_level(store, &spec.job_id, token, 0, &["https://example.com/"]).await;
+    // Saved again (a retry after a lost answer): nothing changes.
+    save_level(store, &spec.job_id, token, 0, &["https://example.com/"]).await;
     assert!(matches!(
-        store
-            .save_level(&spec.job_id, token, &level(2, &[], &[]))
-            .await,
+        store.save_level(&spec.job_id, token, &level(2, 0)).await,
         Err(StoreError::LevelOutOfOrder {
             expected: 1,
             got: 2
         })
     ));
+    store
+        .save_pages(
+            &spec.job_id,
+            token,
+            1,
+            &pages(1, &["https://example.com/a"]),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            store.save_level(&spec.job_id, token, &level(1, 2)).await,
+            Err(StoreError::PagesMissing {
+                said: 2,
+                saved: 1,
+                ..
+            })
+        ),
+        "a level is complete only once all its pages are saved"
+    );
+    assert!(
+        store
+            .save_pages(
+                &spec.job_id,
+                token,
+                1,
+                &pages(2, &["https://example.com/c"])
+            )
+            .await
+            .is_err(),
+        "a page of another depth is refused"
+    );
     let one = LevelDone {
         truncated: true,
         max_pages: 2,
-        ..level(1, &["https://example.com/a"], &["https://example.com/z"])
+        ..level(1, 1)
     };
     store.save_level(&spec.job_id, token, &one).await.unwrap();
 
@@ -509,29 +758,43 @@ pub async fn levels_are_saved_in_order_and_a_repeated_save_is_harmless(store: &d
         .checkpoint
         .expect("two levels saved");
     assert_eq!(resumed.levels_done, 2);
-    assert_eq!(
-        resumed.levels(),
-        vec![
-            vec!["https://example.com/".to_string()],
-            vec!["https://example.com/a".to_string()]
-        ]
-    );
-    assert_eq!(resumed.frontier, one.frontier);
     assert!(resumed.truncated);
     assert_eq!(resumed.max_pages, 2);
+    assert_eq!(
+        urls(&all_pages(store, &spec.job_id).await),
+        ["https://example.com/", "https://example.com/a"]
+    );
 
+    let summary = ResultSummary {
+        depth: 2,
+        truncated: true,
+        level_sizes: vec![1, 1],
+    };
     let record = store
         .complete(
             &spec.job_id,
             token + 1,
-            &JobOutcome::Done(result()),
+            &done(summary.clone()),
             ACCEPTED + 1,
         )
         .await
         .unwrap();
-    assert_eq!(record.result, Some(result()));
+    assert_eq!(record.summary, Some(summary));
     assert!(matches!(
-        store.save_level(&spec.job_id, token + 1, &zero).await,
+        store
+            .save_level(&spec.job_id, token + 1, &level(0, 1))
+            .await,
+        Err(StoreError::Ended)
+    ));
+    assert!(matches!(
+        store
+            .save_pages(
+                &spec.job_id,
+                token + 1,
+                0,
+                &pages(0, &["https://example.com/"])
+            )
+            .await,
         Err(StoreError::Ended)
     ));
 }
@@ -551,7 +814,10 @@ pub async fn the_outbox_hands_out_unpublished_jobs_once_per_grace(store: &dyn Jo
     };
     store.insert_job(&leased).await.unwrap();
     grant(store, &leased, "m1", ACCEPTED).await;
-    store.insert_done(&spec(), &result()).await.unwrap();
+    store
+        .insert_done(&spec(), &cached(&JobId::new_random()))
+        .await
+        .unwrap();
 
     assert_eq!(
         store
@@ -611,7 +877,7 @@ pub async fn a_rerouted_job_reports_its_new_gateway(store: &dyn JobStore) {
         .complete(
             &spec.job_id,
             lease.fencing_token,
-            &JobOutcome::Done(result()),
+            &done(result()),
             ACCEPTED + 3,
         )
         .await
@@ -632,14 +898,16 @@ macro_rules! store_conformance {
             [
                 inserting_a_client_job_twice_returns_the_first,
                 unknown_jobs_are_absent,
-                a_cache_answer_is_recorded_as_done,
+                a_cache_answer_is_recorded_as_done_and_delivered,
                 acquire_persists_and_leases_a_new_job,
                 a_live_lease_is_held_elsewhere,
                 the_same_master_reacquiring_gets_a_higher_token,
                 an_expired_lease_is_taken_over_and_fences_the_old_holder,
                 heartbeat_renews_the_lease_and_records_progress,
                 heartbeat_and_complete_of_an_unknown_job_are_refused,
-                complete_stores_the_result_and_elapsed_time,
+                complete_stores_the_summary_of_the_saved_pages,
+                urls_are_ordered_byte_by_byte,
+                a_finished_job_is_delivered_once_and_given_back_when_sending_fails,
                 failure_is_recorded,
                 completing_twice_keeps_the_first_outcome,
                 racing_masters_get_exactly_one_grant,

@@ -20,6 +20,9 @@ pub trait Dialect: sqlx::Database {
     const CLAIM_UNPUBLISHED: &'static str;
     /// Reads the leadership row that the transaction goes on to write.
     const SELECT_LEADER_FOR_UPDATE: &'static str;
+    /// Stores the pages of the JSON array `$3` as level `$2` of job `$1`,
+    /// one row each; a page saved again replaces itself.
+    const UPSERT_PAGES: &'static str;
 }
 
 /// Row locks: `FOR UPDATE` holds a row until commit; `SKIP LOCKED` lets a
@@ -47,6 +50,9 @@ impl Dialect for Postgres {
         RETURNING spec, gateway_key";
     const SELECT_LEADER_FOR_UPDATE: &'static str =
         "SELECT holder, address, epoch, expires_at_ms FROM lock_leader WHERE id = 1 FOR UPDATE";
+    const UPSERT_PAGES: &'static str = "INSERT INTO job_pages (job_id, depth, url, page)
+        SELECT $1, $2, p ->> 'url', p FROM jsonb_array_elements($3) p
+        ON CONFLICT (job_id, depth, url) DO UPDATE SET page = EXCLUDED.page";
 }
 
 /// SQLite has one writer at a time: `BEGIN IMMEDIATE` takes the database's
@@ -70,4 +76,9 @@ impl Dialect for Sqlite {
         RETURNING spec, gateway_key";
     const SELECT_LEADER_FOR_UPDATE: &'static str =
         "SELECT holder, address, epoch, expires_at_ms FROM lock_leader WHERE id = 1";
+    // `WHERE true` tells SQLite's parser the ON CONFLICT is the upsert's,
+    // not a join constraint of the SELECT.
+    const UPSERT_PAGES: &'static str = "INSERT INTO job_pages (job_id, depth, url, page)
+        SELECT $1, $2, json_extract(p.value, '$.url'), p.value FROM json_each($3) p WHERE true
+        ON CONFLICT (job_id, depth, url) DO UPDATE SET page = excluded.page";
 }

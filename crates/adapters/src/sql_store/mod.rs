@@ -14,15 +14,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use crawler_core::lease::{AcquireRule, Leadership, expiry};
-use crawler_core::model::{Checkpoint, CrawlResult, JobId, JobRecord, JobSpec, LevelDone};
+use crawler_core::model::{
+    CachedCrawl, Checkpoint, JobId, JobRecord, JobSpec, LevelDone, PageFacts,
+};
 use crawler_core::ports::{
     AcquireOutcome, AdapterError, AdapterResult, Election, Grant, InsertOutcome, JobOutcome,
-    JobStore, Lease, StoreError, Takeover,
+    JobStore, Lease, PageQuery, Renewal, StoreError, Takeover,
 };
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
 
 pub use dialect::Dialect;
-use row::{CheckpointHead, Doc, StoredJob, count, doc, engine, from_db, parse, to_db};
+use row::{CheckpointHead, Doc, StoredJob, doc, engine, from_db, parse, to_db};
 
 /// The statements both databases run alike. Both speak `$n` parameters
 /// (SQLite reads them as numbered).
@@ -42,10 +44,11 @@ mod sql {
         VALUES ($1, $2, $3, $4, 'queued', $5)
         ON CONFLICT DO NOTHING";
 
+    /// Answered at once from the cache, so delivered as it is recorded.
     pub const INSERT_DONE: &str = "INSERT INTO jobs
             (job_id, client_id, client_job_id, spec, state, accepted_at_ms,
-             result, pages_done, current_depth)
-        VALUES ($1, $2, $3, $4, 'done', $5, $6, $7, $8)
+             summary, pages_done, current_depth, pages_of, delivered)
+        VALUES ($1, $2, $3, $4, 'done', $5, $6, $7, $8, $9, true)
         ON CONFLICT DO NOTHING
         RETURNING job_id";
 
@@ -69,7 +72,7 @@ mod sql {
     pub const RENEW: &str = "UPDATE jobs
         SET lease_expires_at_ms = $3, pages_done = $4, current_depth = $5
         WHERE job_id = $1 AND fencing_token = $2 AND state = 'running'
-        RETURNING job_id";
+        RETURNING job_id, gateway_key";
 
     pub const RELEASE: &str = "UPDATE jobs
         SET lease_expires_at_ms = $3
@@ -77,15 +80,34 @@ mod sql {
         RETURNING job_id";
 
     pub const COMPLETE: &str = "UPDATE jobs
-        SET state = $2, result = $3, failure = $4, pages_done = $5, current_depth = $6,
+        SET state = $2, summary = $3, failure = $4, pages_done = $5, current_depth = $6,
             elapsed_ms = $7, checkpoint = NULL, publish_pending_since_ms = NULL
         WHERE job_id = $1";
 
-    pub const SELECT_LEVELS: &str = "SELECT pages FROM job_levels WHERE job_id = $1 ORDER BY depth";
-    pub const INSERT_LEVEL: &str =
-        "INSERT INTO job_levels (job_id, depth, pages) VALUES ($1, $2, $3)";
-    pub const DELETE_LEVELS: &str = "DELETE FROM job_levels WHERE job_id = $1";
     pub const SET_CHECKPOINT: &str = "UPDATE jobs SET checkpoint = $2 WHERE job_id = $1";
+    /// The pages of a level no holder completed: a new holder fetches it again.
+    pub const DROP_UNFINISHED_LEVELS: &str =
+        "DELETE FROM job_pages WHERE job_id = $1 AND depth >= $2";
+    pub const COUNT_LEVEL: &str =
+        "SELECT COUNT(*) AS n FROM job_pages WHERE job_id = $1 AND depth = $2";
+    pub const COUNT_LEVELS: &str = "SELECT depth, COUNT(*) AS n FROM job_pages
+        WHERE job_id = $1 GROUP BY depth ORDER BY depth";
+    /// Keyset paging: the pages after ($3, $4) in (depth, URL) order; $3 = -1
+    /// reads from the start.
+    pub const READ_PAGES: &str = "SELECT page FROM job_pages
+        WHERE job_id = $1 AND depth <= $2 AND (depth > $3 OR (depth = $3 AND url > $4))
+        ORDER BY depth, url
+        LIMIT $5";
+
+    pub const CLAIM_DELIVERY: &str = "UPDATE jobs SET delivered = true
+        WHERE job_id = $1 AND NOT delivered AND state IN ('done', 'failed')
+        RETURNING job_id";
+    pub const UNCLAIM_DELIVERY: &str = "UPDATE jobs SET delivered = false WHERE job_id = $1";
+    pub const OPEN_JOBS: &str = concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE client_id = $1 AND NOT delivered ORDER BY accepted_at_ms LIMIT $2"
+    );
 
     pub const MARK_PUBLISHED: &str =
         "UPDATE jobs SET publish_pending_since_ms = NULL WHERE job_id = $1";
@@ -203,8 +225,9 @@ where
             })
     }
 
-    /// Writes `lease` to the locked row, and reads what earlier holders
-    /// made durable, for the new holder to continue from.
+    /// Writes `lease` to the locked row, drops the pages of any level no
+    /// holder completed, and reports what earlier holders made durable, for
+    /// the new holder to continue from.
     async fn grant(
         tx: &mut Transaction<'static, DB>,
         job: &StoredJob,
@@ -219,42 +242,63 @@ where
             .execute(&mut **tx)
             .await
             .map_err(|e| failure::<DB>("cannot grant a lease", e))?;
-        let checkpoint = match &job.checkpoint {
-            Some(head) if head.levels_done > 0 => {
-                Some(Self::checkpoint(tx, &lease.job_id, head).await?)
-            }
-            _ => None,
-        };
+        let levels_done = job.checkpoint.as_ref().map_or(0, |head| head.levels_done);
+        sqlx::query(sql::DROP_UNFINISHED_LEVELS)
+            .bind(lease.job_id.0.as_str())
+            .bind(i64::from(levels_done))
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot drop an unfinished level", e))?;
+        let checkpoint = job
+            .checkpoint
+            .as_ref()
+            .filter(|head| head.levels_done > 0)
+            .map(|head| Checkpoint {
+                levels_done: head.levels_done,
+                truncated: head.truncated,
+                max_pages: head.max_pages,
+            });
         Ok(Grant { lease, checkpoint })
     }
 
-    async fn checkpoint(
+    /// How many pages of level `depth` are saved.
+    async fn level_count(
         tx: &mut Transaction<'static, DB>,
         job_id: &JobId,
-        head: &CheckpointHead,
-    ) -> AdapterResult<Checkpoint> {
-        let rows = sqlx::query(sql::SELECT_LEVELS)
+        depth: u32,
+    ) -> AdapterResult<u64> {
+        let row = sqlx::query(sql::COUNT_LEVEL)
+            .bind(job_id.0.as_str())
+            .bind(i64::from(depth))
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot count a level's pages", e))?;
+        let n: i64 = row
+            .try_get("n")
+            .map_err(|e| failure::<DB>("a page count is unreadable", e))?;
+        Ok(from_db(n))
+    }
+
+    /// Pages saved per level, level 0 first.
+    async fn level_sizes(
+        tx: &mut Transaction<'static, DB>,
+        job_id: &JobId,
+    ) -> AdapterResult<Vec<u32>> {
+        let rows = sqlx::query(sql::COUNT_LEVELS)
             .bind(job_id.0.as_str())
             .fetch_all(&mut **tx)
             .await
-            .map_err(|e| failure::<DB>("cannot read a checkpoint", e))?;
-        let mut pages = Vec::new();
+            .map_err(|e| failure::<DB>("cannot count a job's pages", e))?;
+        let mut sizes = Vec::with_capacity(rows.len());
         for row in &rows {
-            let level: Doc = row
-                .try_get("pages")
-                .map_err(|e| failure::<DB>("a checkpoint level is unreadable", e))?;
-            pages.extend(parse::<Vec<crawler_core::model::PageFacts>>(
-                engine::<DB>(),
-                &level,
-            )?);
+            let unreadable = |e: sqlx::Error| failure::<DB>("a page count is unreadable", e);
+            let depth: u32 = from_db(row.try_get::<i64, _>("depth").map_err(unreadable)?);
+            let n: u32 = from_db(row.try_get::<i64, _>("n").map_err(unreadable)?);
+            // A gap would be a level with no pages, which no crawl saves.
+            sizes.resize(depth as usize, 0);
+            sizes.push(n);
         }
-        Ok(Checkpoint {
-            levels_done: head.levels_done,
-            pages,
-            frontier: head.frontier.clone(),
-            truncated: head.truncated,
-            max_pages: head.max_pages,
-        })
+        Ok(sizes)
     }
 
     /// Why a conditional update guarded by the token matched no row.
@@ -323,17 +367,19 @@ where
     async fn insert_done(
         &self,
         spec: &JobSpec,
-        result: &CrawlResult,
+        cached: &CachedCrawl,
     ) -> AdapterResult<InsertOutcome> {
+        let summary = &cached.summary;
         let inserted = sqlx::query(sql::INSERT_DONE)
             .bind(spec.job_id.0.as_str())
             .bind(spec.client_id.as_str())
             .bind(spec.client_job_id.as_str())
             .bind(doc(spec))
             .bind(to_db(spec.accepted_at_ms))
-            .bind(doc(result))
-            .bind(i64::from(count(result.page_count())))
-            .bind(i64::from(result.depth))
+            .bind(doc(summary))
+            .bind(to_db(summary.page_count()))
+            .bind(i64::from(summary.depth))
+            .bind(cached.job_id.0.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| failure::<DB>("cannot insert a done job", e))?;
@@ -396,7 +442,7 @@ where
         current_depth: u32,
         ttl: Duration,
         now_ms: u64,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Renewal, StoreError> {
         let expires_at_ms = expiry(now_ms, ttl);
         let renewed = sqlx::query(sql::RENEW)
             .bind(job_id.0.as_str())
@@ -407,12 +453,24 @@ where
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| failure::<DB>("cannot renew a lease", e))?;
-        if renewed.is_some() {
-            return Ok(expires_at_ms);
+        if let Some(row) = renewed {
+            let gateway_key: Option<String> = row
+                .try_get("gateway_key")
+                .map_err(|e| failure::<DB>("a renewed lease is unreadable", e))?;
+            return Ok(Renewal {
+                expires_at_ms,
+                gateway_key,
+            });
         }
         match self.find_unlocked(job_id).await? {
             None => Err(StoreError::UnknownJob(job_id.clone())),
-            Some(job) => job.lease.heartbeat_refusal(fencing_token),
+            Some(job) => job
+                .lease
+                .heartbeat_refusal(fencing_token)
+                .map(|expires_at_ms| Renewal {
+                    expires_at_ms,
+                    gateway_key: Some(job.spec.gateway_key),
+                }),
         }
     }
 
@@ -431,11 +489,34 @@ where
         if job.state.is_final() {
             return Ok(job.record());
         }
+        if let JobOutcome::Done {
+            summary,
+            last_pages,
+        } = outcome
+        {
+            for level in last_pages.chunk_by(|a, b| a.depth == b.depth) {
+                sqlx::query(DB::UPSERT_PAGES)
+                    .bind(job_id.0.as_str())
+                    .bind(i64::from(level[0].depth))
+                    .bind(doc(level))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| failure::<DB>("cannot save a result's last pages", e))?;
+            }
+            let saved = Self::level_sizes(&mut tx, job_id).await?;
+            if saved != summary.level_sizes {
+                return Err(StoreError::PagesMissing {
+                    what: format!("job {job_id} has levels of {:?} pages", summary.level_sizes),
+                    said: summary.page_count(),
+                    saved: saved.iter().map(|&n| u64::from(n)).sum(),
+                });
+            }
+        }
         let done = job.completion(outcome, now_ms);
         sqlx::query(sql::COMPLETE)
             .bind(job_id.0.as_str())
             .bind(done.state.as_str())
-            .bind(done.result.as_ref().map(doc))
+            .bind(done.summary.as_ref().map(doc))
             .bind(done.failure.as_ref().map(doc))
             .bind(i64::from(done.pages_done))
             .bind(i64::from(done.current_depth))
@@ -443,12 +524,6 @@ where
             .execute(&mut *tx)
             .await
             .map_err(|e| failure::<DB>("cannot complete a job", e))?;
-        // The result holds every page now; the checkpoint has served.
-        sqlx::query(sql::DELETE_LEVELS)
-            .bind(job_id.0.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| failure::<DB>("cannot drop a checkpoint", e))?;
         Self::commit(tx, "a completion").await?;
         Ok(job.completed(done).record())
     }
@@ -532,6 +607,36 @@ where
         }
     }
 
+    async fn save_pages(
+        &self,
+        job_id: &JobId,
+        fencing_token: u64,
+        depth: u32,
+        pages: &[PageFacts],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let job = Self::find_locked(&mut tx, job_id)
+            .await?
+            .ok_or_else(|| StoreError::UnknownJob(job_id.clone()))?;
+        job.lease.check_writer(fencing_token)?;
+        if let Some(page) = pages.iter().find(|p| p.depth != depth) {
+            return Err(StoreError::PagesMissing {
+                what: format!("page {} is of depth {}, not {depth}", page.url, page.depth),
+                said: pages.len() as u64,
+                saved: 0,
+            });
+        }
+        sqlx::query(DB::UPSERT_PAGES)
+            .bind(job_id.0.as_str())
+            .bind(i64::from(depth))
+            .bind(doc(pages))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot save pages", e))?;
+        Self::commit(tx, "pages").await?;
+        Ok(())
+    }
+
     async fn save_level(
         &self,
         job_id: &JobId,
@@ -553,16 +658,16 @@ where
                 got: level.depth,
             });
         }
-        sqlx::query(sql::INSERT_LEVEL)
-            .bind(job_id.0.as_str())
-            .bind(i64::from(level.depth))
-            .bind(doc(&level.pages))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| failure::<DB>("cannot save a level", e))?;
+        let saved = Self::level_count(&mut tx, job_id, level.depth).await?;
+        if saved != u64::from(level.page_count) {
+            return Err(StoreError::PagesMissing {
+                what: format!("level {} of job {job_id}", level.depth),
+                said: u64::from(level.page_count),
+                saved,
+            });
+        }
         let head = CheckpointHead {
             levels_done: level.depth + 1,
-            frontier: level.frontier.clone(),
             truncated: level.truncated,
             max_pages: level.max_pages,
         };
@@ -574,6 +679,60 @@ where
             .map_err(|e| failure::<DB>("cannot save a checkpoint", e))?;
         Self::commit(tx, "a level").await?;
         Ok(())
+    }
+
+    async fn read_pages(&self, job_id: &JobId, query: &PageQuery) -> AdapterResult<Vec<PageFacts>> {
+        let (after_depth, after_url) = match &query.after {
+            Some((depth, url)) => (i64::from(*depth), url.as_str()),
+            None => (-1, ""),
+        };
+        let rows = sqlx::query(sql::READ_PAGES)
+            .bind(job_id.0.as_str())
+            .bind(i64::from(query.max_depth))
+            .bind(after_depth)
+            .bind(after_url)
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot read pages", e))?;
+        rows.iter()
+            .map(|row| {
+                let page: Doc = row
+                    .try_get("page")
+                    .map_err(|e| failure::<DB>("a stored page is unreadable", e))?;
+                parse(engine::<DB>(), &page)
+            })
+            .collect()
+    }
+
+    async fn claim_delivery(&self, job_id: &JobId) -> AdapterResult<bool> {
+        let claimed = sqlx::query(sql::CLAIM_DELIVERY)
+            .bind(job_id.0.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot claim a delivery", e))?;
+        Ok(claimed.is_some())
+    }
+
+    async fn unclaim_delivery(&self, job_id: &JobId) -> AdapterResult<()> {
+        sqlx::query(sql::UNCLAIM_DELIVERY)
+            .bind(job_id.0.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot give a delivery back", e))?;
+        Ok(())
+    }
+
+    async fn open_jobs(&self, client_id: &str, limit: u32) -> AdapterResult<Vec<JobRecord>> {
+        let rows = sqlx::query(sql::OPEN_JOBS)
+            .bind(client_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot read a client's jobs", e))?;
+        rows.iter()
+            .map(|row| Ok(Self::decode(row)?.record()))
+            .collect()
     }
 
     async fn mark_published(&self, job_id: &JobId) -> AdapterResult<()> {

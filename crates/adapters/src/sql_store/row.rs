@@ -1,7 +1,7 @@
 //! One job row, decoded, and what a completion writes into it.
 
 use crawler_core::lease::LeaseRow;
-use crawler_core::model::{CrawlResult, JobFailure, JobRecord, JobSpec, JobState};
+use crawler_core::model::{JobFailure, JobId, JobRecord, JobSpec, JobState, ResultSummary};
 use crawler_core::ports::{AdapterError, JobOutcome};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -11,8 +11,9 @@ use sqlx::{ColumnIndex, Database, Decode, Row, Type};
 /// The columns every job query selects, in [`StoredJob::from_row`]'s terms.
 macro_rules! job_columns {
     () => {
-        "spec, state, pages_done, current_depth, result, failure, elapsed_ms, \
-         master_id, fencing_token, lease_expires_at_ms, checkpoint, gateway_key"
+        "spec, state, pages_done, current_depth, summary, failure, elapsed_ms, \
+         master_id, fencing_token, lease_expires_at_ms, checkpoint, gateway_key, pages_of, \
+         CAST(CASE WHEN delivered THEN 1 ELSE 0 END AS BIGINT) AS delivered"
     };
 }
 pub(crate) use job_columns;
@@ -34,12 +35,13 @@ pub(crate) fn parse<T: DeserializeOwned>(
         .map_err(|e| AdapterError::new(engine, format!("a stored document is unreadable: {e}")))
 }
 
-/// Where a crawl stands, beside the pages of its completed levels.
+/// Where a crawl stands, beside the pages of its completed levels (rows
+/// written before the takeover migration also hold their frontier, which
+/// is now found again from the pages and ignored here).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CheckpointHead {
     pub levels_done: u32,
-    pub frontier: Vec<String>,
     pub truncated: bool,
     pub max_pages: u32,
 }
@@ -52,17 +54,19 @@ pub(crate) struct StoredJob {
     pub state: JobState,
     pub pages_done: u32,
     pub current_depth: u32,
-    pub result: Option<CrawlResult>,
+    pub summary: Option<ResultSummary>,
     pub failure: Option<JobFailure>,
     pub elapsed_ms: u64,
     pub lease: LeaseRow,
     pub checkpoint: Option<CheckpointHead>,
+    pub pages_of: Option<JobId>,
+    pub delivered: bool,
 }
 
 /// The values a completion writes.
 pub(crate) struct Completion {
     pub state: JobState,
-    pub result: Option<CrawlResult>,
+    pub summary: Option<ResultSummary>,
     pub failure: Option<JobFailure>,
     pub pages_done: u32,
     pub current_depth: u32,
@@ -105,7 +109,9 @@ impl StoredJob {
             state,
             pages_done: from_db(int("pages_done")?),
             current_depth: from_db(int("current_depth")?),
-            result: document("result")?.map(|d| parse(engine, &d)).transpose()?,
+            summary: document("summary")?
+                .map(|d| parse(engine, &d))
+                .transpose()?,
             failure: document("failure")?
                 .map(|d| parse(engine, &d))
                 .transpose()?,
@@ -119,6 +125,11 @@ impl StoredJob {
             checkpoint: document("checkpoint")?
                 .map(|d| parse(engine, &d))
                 .transpose()?,
+            pages_of: row
+                .try_get::<Option<String>, _>("pages_of")
+                .map_err(unreadable)?
+                .map(JobId),
+            delivered: int("delivered")? != 0,
         })
     }
 
@@ -128,26 +139,28 @@ impl StoredJob {
             state: self.state,
             pages_done: self.pages_done,
             current_depth: self.current_depth,
-            result: self.result.clone(),
+            summary: self.summary.clone(),
             failure: self.failure.clone(),
             elapsed_ms: self.elapsed_ms,
+            pages_of: self.pages_of.clone(),
+            delivered: self.delivered,
         }
     }
 
     pub fn completion(&self, outcome: &JobOutcome, now_ms: u64) -> Completion {
         let elapsed_ms = now_ms.saturating_sub(self.spec.accepted_at_ms);
         match outcome {
-            JobOutcome::Done(result) => Completion {
+            JobOutcome::Done { summary, .. } => Completion {
                 state: JobState::Done,
-                pages_done: count(result.page_count()),
-                current_depth: result.depth,
-                result: Some(result.clone()),
+                pages_done: u32::try_from(summary.page_count()).unwrap_or(u32::MAX),
+                current_depth: summary.depth,
+                summary: Some(summary.clone()),
                 failure: None,
                 elapsed_ms,
             },
             JobOutcome::Failed(failure) => Completion {
                 state: JobState::Failed,
-                result: None,
+                summary: None,
                 failure: Some(failure.clone()),
                 pages_done: self.pages_done,
                 current_depth: self.current_depth,
@@ -160,17 +173,13 @@ impl StoredJob {
     pub fn completed(mut self, completion: Completion) -> Self {
         self.state = completion.state;
         self.lease.state = completion.state;
-        self.result = completion.result;
+        self.summary = completion.summary;
         self.failure = completion.failure;
         self.pages_done = completion.pages_done;
         self.current_depth = completion.current_depth;
         self.elapsed_ms = completion.elapsed_ms;
         self
     }
-}
-
-pub(crate) fn count(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Both databases store integers as signed 64-bit; our values are never
@@ -228,7 +237,7 @@ mod tests {
             state: JobState::Running,
             pages_done: 0,
             current_depth: 0,
-            result: None,
+            summary: None,
             failure: None,
             elapsed_ms: 0,
             lease: LeaseRow {
@@ -238,12 +247,20 @@ mod tests {
                 expires_at_ms: Some(2_000),
             },
             checkpoint: None,
+            pages_of: None,
+            delivered: false,
         }
     }
 
     #[test]
     fn elapsed_time_counts_from_acceptance() {
-        let done = running().completion(&JobOutcome::Done(CrawlResult::default()), 4_500);
+        let done = running().completion(
+            &JobOutcome::Done {
+                summary: ResultSummary::default(),
+                last_pages: Vec::new(),
+            },
+            4_500,
+        );
         assert_eq!(done.elapsed_ms, 3_500);
         assert_eq!(done.state, JobState::Done);
     }
@@ -251,7 +268,13 @@ mod tests {
     #[test]
     fn a_completed_row_takes_no_more_writes() {
         let job = running();
-        let done = job.completion(&JobOutcome::Done(CrawlResult::default()), 4_500);
+        let done = job.completion(
+            &JobOutcome::Done {
+                summary: ResultSummary::default(),
+                last_pages: Vec::new(),
+            },
+            4_500,
+        );
         let after = job.completed(done);
         assert!(after.lease.check_writer(1).is_err());
     }
