@@ -64,7 +64,13 @@ def normalize(url):
         return None
     host = parts.hostname.lower()
     default = {"http": 80, "https": 443}[scheme]
-    netloc = host if parts.port in (None, default) else f"{host}:{parts.port}"
+    try:
+        port = parts.port
+    except ValueError:
+        # A port that is not a number: the URL standard's parser fails, so
+        # there is no link.
+        return None
+    netloc = host if port in (None, default) else f"{host}:{port}"
     path = quote(parts.path or "/", safe=PATH_SAFE)
     query = quote(parts.query, safe=QUERY_SAFE)
     return urlunsplit((scheme, netloc, path, query, ""))

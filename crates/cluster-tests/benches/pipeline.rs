@@ -177,16 +177,22 @@ async fn main() {
             ours.push(took);
             let fetched = result["pages"].as_array().expect("pages").len();
             assert_eq!(fetched, pages + 1, "the pipeline fetched every page");
-            let cpu: Duration = cpu_of(&cluster)
+            let by_service: Vec<(String, Duration)> = cpu_of(&cluster)
                 .into_iter()
                 .zip(cpu_before)
-                .map(|((_, after), (_, before))| after.saturating_sub(before))
-                .sum();
+                .map(|((name, after), (_, before))| (name, after.saturating_sub(before)))
+                .collect();
+            let cpu: Duration = by_service.iter().map(|(_, cpu)| *cpu).sum();
+            let shares: Vec<String> = by_service
+                .iter()
+                .map(|(name, cpu)| format!("{name} {:.2}", cpu.as_secs_f64()))
+                .collect();
             println!(
-                "{pages:>6} pages, run {}: pipeline {:.3} s ({:.2} CPU s in its services)",
+                "{pages:>6} pages, run {}: pipeline {:.3} s ({:.2} CPU s in its services: {})",
                 run + 1,
                 took.as_secs_f64(),
-                cpu.as_secs_f64()
+                cpu.as_secs_f64(),
+                shares.join(", ")
             );
             for (i, (name, binary)) in PEERS.iter().enumerate() {
                 let start = format!("{}/?run={binary}-{run}", site.base);

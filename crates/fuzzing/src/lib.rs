@@ -165,9 +165,27 @@ mod tests {
     }
 
     #[test]
-    fn a_valid_submit_passes_and_the_examples_hold() {
-        client_message(br#"{"type":"submit","jobId":"J","url":"http://a.test/","depth":2}"#);
+    fn the_properties_hold_on_known_inputs_and_those_inputs_give_known_outputs() {
+        let submit = br#"{"type":"submit","jobId":"J","url":"http://a.test/","depth":2}"#;
+        client_message(submit);
+        let parsed = parse_client_message(std::str::from_utf8(submit).unwrap(), &LIMITS);
+        assert!(
+            matches!(parsed, Ok(ClientMessage::Submit(ref s)) if s.job_id == "J" && s.depth == 2),
+            "{parsed:?}"
+        );
+
         url_normalizer(b"HTTP://A.test:80/x#f\n../y?");
+        let base = parse_absolute("HTTP://A.test:80/x#f").unwrap();
+        assert_eq!(base.as_str(), "http://a.test/x");
+        assert_eq!(
+            resolve_link(&base, "../y?").map(String::from).as_deref(),
+            Some("http://a.test/y")
+        );
+
         link_extractor(b"\x07<a href='/a&#45;b'>x</a><h1>T&amp;</h1>");
+        let mut extractor = LinkExtractor::new();
+        extractor.feed(b"<a href='/a&#45;b'>x</a>").unwrap();
+        let found = extractor.finish(&Url::parse("http://fuzz.test/dir/page.html").unwrap());
+        assert_eq!(found.links, ["http://fuzz.test/a-b"]);
     }
 }

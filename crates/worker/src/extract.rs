@@ -13,10 +13,24 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
 use htmlize::{unescape, unescape_attribute};
-use lol_html::send::{HtmlRewriter, Settings};
-use lol_html::{element, text};
+use lol_html::html_content::TextChunk;
+use lol_html::send::{Element, ElementContentHandlers, HtmlRewriter, Settings};
+use lol_html::{Selector, element, text};
 use url::Url;
+
+/// The selectors every page is read with, parsed once: parsing them again
+/// for each page cost more than reading a small page.
+static BASE: LazyLock<Selector> = LazyLock::new(|| selector("base[href]"));
+static LINKS: LazyLock<Selector> = LazyLock::new(|| selector("a[href], area[href]"));
+static TITLE: LazyLock<Selector> = LazyLock::new(|| selector("title"));
+
+fn selector(css: &str) -> Selector {
+    css.parse().expect("a valid built-in selector")
+}
 
 const MAX_TITLE_CHARS: usize = 512;
 
@@ -62,33 +76,46 @@ impl LinkExtractor {
         let found = Arc::new(Mutex::new(Found::default()));
         let (on_base, on_link, on_title) = (found.clone(), found.clone(), found.clone());
         let mut settings = Settings::new_send()
-            .append_element_content_handler(element!("base[href]", move |el| {
-                let mut f = on_base.lock().expect("extractor state");
-                // Only the first <base href> counts, as in browsers.
-                if f.base.is_none() {
-                    f.base = el.get_attribute("href");
-                }
-                Ok(())
-            }))
-            .append_element_content_handler(element!("a[href], area[href]", move |el| {
-                if let Some(href) = el.get_attribute("href") {
-                    on_link.lock().expect("extractor state").hrefs.push(href);
-                }
-                Ok(())
-            }))
-            .append_element_content_handler(text!("title", move |t| {
-                let mut f = on_title.lock().expect("extractor state");
-                if !f.title_done && f.title.len() < MAX_TITLE_CHARS * 4 {
-                    f.title.push_str(t.as_str());
-                }
-                if t.last_in_text_node() {
-                    f.title_done = true;
-                }
-                Ok(())
-            }));
+            .append_element_content_handler((
+                Cow::Borrowed(&*BASE),
+                ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
+                    let mut f = on_base.lock().expect("extractor state");
+                    // Only the first <base href> counts, as in browsers.
+                    if f.base.is_none() {
+                        f.base = el.get_attribute("href");
+                    }
+                    Ok(())
+                }),
+            ))
+            .append_element_content_handler((
+                Cow::Borrowed(&*LINKS),
+                ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
+                    if let Some(href) = el.get_attribute("href") {
+                        on_link.lock().expect("extractor state").hrefs.push(href);
+                    }
+                    Ok(())
+                }),
+            ))
+            .append_element_content_handler((
+                Cow::Borrowed(&*TITLE),
+                ElementContentHandlers::default().text(move |t: &mut TextChunk<'_>| {
+                    let mut f = on_title.lock().expect("extractor state");
+                    if !f.title_done && f.title.len() < MAX_TITLE_CHARS * 4 {
+                        f.title.push_str(t.as_str());
+                    }
+                    if t.last_in_text_node() {
+                        f.title_done = true;
+                    }
+                    Ok(())
+                }),
+            ));
         for (name, selector) in fields {
             let (on_start, on_text) = (found.clone(), found.clone());
             let (start_name, text_name) = (name.clone(), name.clone());
+            // The text node being read: character references are decoded per
+            // text node, as a browser does, so a reference cut by a tag
+            // (`&am<b>p;</b>`) is not joined back together.
+            let mut node = String::new();
             found
                 .lock()
                 .expect("extractor state")
@@ -105,11 +132,19 @@ impl LinkExtractor {
                     Ok(())
                 }))
                 .append_element_content_handler(text!(selector, move |t| {
+                    if node.len() < MAX_FIELD_CHARS * 4 {
+                        node.push_str(t.as_str());
+                    }
+                    if !t.last_in_text_node() {
+                        return Ok(());
+                    }
+                    let text = unescape(&node).into_owned();
+                    node.clear();
                     let mut f = on_text.lock().expect("extractor state");
                     if let Some(value) = f.fields.get_mut(&text_name).and_then(|v| v.last_mut())
                         && value.len() < MAX_FIELD_CHARS * 4
                     {
-                        value.push_str(t.as_str());
+                        value.push_str(&text);
                     }
                     Ok(())
                 }));
@@ -157,7 +192,7 @@ impl LinkExtractor {
                 let values = values
                     .iter()
                     .map(|v| {
-                        collapse_whitespace(&unescape(v))
+                        collapse_whitespace(v)
                             .chars()
                             .take(MAX_FIELD_CHARS)
                             .collect::<String>()
@@ -234,6 +269,15 @@ mod tests {
         assert_eq!(out.fields["head"], vec!["Hello big world"]);
         assert_eq!(out.fields["price"], vec!["3 & 4", "9"]);
         assert_eq!(out.fields["none"], Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_reference_cut_by_a_tag_is_two_texts_as_in_a_browser() {
+        let fields = BTreeMap::from([("head".to_string(), "h1".to_string())]);
+        let mut ex = LinkExtractor::with_fields(&fields);
+        ex.feed(b"<h1>&am<b>p;</b> &amp;</h1>").unwrap();
+        let out = ex.finish(&Url::parse("http://s.test/").unwrap());
+        assert_eq!(out.fields["head"], vec!["&amp; &"]);
     }
 
     #[test]

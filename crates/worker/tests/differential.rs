@@ -72,8 +72,11 @@ fn named(c: char) -> Option<&'static str> {
 }
 
 /// One character of an href as a page may write it: itself, or one of its
-/// character references (decimal, hex, padded, named).
-fn write_char(rng: &mut Rng, c: char, quote: char) -> String {
+/// character references (decimal, hex, padded, named, and numeric without
+/// its semicolon). A reference without a semicolon takes any digits that
+/// follow into its number, so it is written only where none follows (the
+/// traps below hold the cases where that makes another ASCII character).
+fn write_char(rng: &mut Rng, c: char, next: Option<char>, quote: char) -> String {
     let plain = match c {
         '&' => "&amp;".to_string(),
         c if c == quote => format!("&#{};", c as u32),
@@ -82,11 +85,15 @@ fn write_char(rng: &mut Rng, c: char, quote: char) -> String {
     if !rng.chance(30) {
         return plain;
     }
-    match rng.below(5) {
+    match rng.below(7) {
         0 => format!("&#{};", c as u32),
         1 => format!("&#x{:x};", c as u32),
         2 => format!("&#X{:04X};", c as u32),
         3 => format!("&#{:06}", c as u32) + ";",
+        // No semicolon: still decoded (the standard calls it a parse error).
+        4 | 5 if next.is_some_and(|n| n.is_ascii_hexdigit()) => format!("&#{};", c as u32),
+        4 => format!("&#{}", c as u32),
+        5 => format!("&#x{:X}", c as u32),
         _ => named(c).map_or(plain, |name| format!("&{name};")),
     }
 }
@@ -108,6 +115,15 @@ const AMPERSAND_TRAPS: &[&str] = &[
     "&eacute",
     "&eacutex",
     "&#128;",
+    "&#130;",
+    "&#x8e;",
+    "&#150;",
+    "&#x9F;",
+    "&#x81;",
+    "&#159",
+    "&#45x",  // `-x`
+    "&#x2Dz", // `-z`
+    "&#x2D9", // the 9 is part of the number
     "&#0;",
     "&#xD800;",
     "&#1114112;",
@@ -160,8 +176,15 @@ fn href_value(rng: &mut Rng) -> (String, char) {
         _ => '"',
     };
     let mut written = String::new();
-    for c in url_text(rng).chars() {
-        written.push_str(&write_char(rng, c, if quote == ' ' { '"' } else { quote }));
+    let text: Vec<char> = url_text(rng).chars().collect();
+    for (i, &c) in text.iter().enumerate() {
+        let next = text.get(i + 1).copied();
+        written.push_str(&write_char(
+            rng,
+            c,
+            next,
+            if quote == ' ' { '"' } else { quote },
+        ));
         if rng.chance(3) {
             written.push_str(rng.pick(&["\t", "\n", "&#9;", "&#10;", "&#13;"]));
         }
@@ -170,7 +193,8 @@ fn href_value(rng: &mut Rng) -> (String, char) {
         written.push_str(rng.pick(AMPERSAND_TRAPS));
     }
     let padding = [
-        " ", "\t", "\n", "\r\n", "\x0c", "&#32;", "&#9;", "&#10;", "",
+        " ", "\t", "\n", "\r\n", "\x0c", "&#32;", "&#9;", "&#10;", "", "\x01", "\x1f", "&#1;",
+        "&#31;", "&#x1B;",
     ];
     if rng.chance(25) {
         written = format!("{}{}{}", rng.pick(&padding), written, rng.pick(&padding));
