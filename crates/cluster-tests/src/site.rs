@@ -46,6 +46,23 @@ impl SitePlan {
         }
     }
 
+    /// `/` linking `n` pages `/p0`..., each linking back to `/` and to its
+    /// next `siblings` pages: a wide level of heavy pages (many links each).
+    pub fn flat(n: usize, siblings: usize) -> Self {
+        let page = |i: usize| format!("/p{i}");
+        let mut pages = BTreeMap::new();
+        pages.insert("/".to_string(), (0, (0..n).map(page).collect()));
+        for i in 0..n {
+            let mut links = vec!["/".to_string()];
+            links.extend((1..=siblings).map(|k| page((i + k) % n)));
+            pages.insert(page(i), (1, links));
+        }
+        Self {
+            pages,
+            gated_depth: None,
+        }
+    }
+
     /// Pages at `depth` answer only once the test opens the gate.
     pub fn gate_depth(mut self, depth: u32) -> Self {
         self.gated_depth = Some(depth);

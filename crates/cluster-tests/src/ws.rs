@@ -15,6 +15,8 @@ pub struct WsClient {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// Messages read while waiting for another one.
     backlog: Vec<Value>,
+    /// Pings the gateway sent (the library answers each with a pong).
+    pub pings: usize,
     pub client_id: String,
     /// The id of the gateway that welcomed this connection.
     pub gateway: String,
@@ -29,6 +31,7 @@ impl WsClient {
         let mut client = Self {
             socket,
             backlog: Vec::new(),
+            pings: 0,
             client_id: String::new(),
             gateway: String::new(),
         };
@@ -87,7 +90,14 @@ impl WsClient {
                     .await
                     .expect("the gateway closed the connection")
                     .expect("read a frame");
-                let Message::Text(text) = frame else { continue };
+                let text = match frame {
+                    Message::Text(text) => text,
+                    Message::Ping(_) => {
+                        self.pings += 1;
+                        continue;
+                    }
+                    _ => continue,
+                };
                 let value: Value =
                     serde_json::from_str(text.as_str()).expect("the gateway sends JSON");
                 if pred(&value) {
@@ -160,6 +170,45 @@ impl WsClient {
         tokio::time::timeout(DEADLINE, closed)
             .await
             .expect("the connection never closed");
+    }
+
+    /// Reads (answering pings, keeping messages for later waits) until the
+    /// gateway has pinged this connection `n` times in all.
+    pub async fn wait_for_pings(&mut self, n: usize) {
+        let wait = async {
+            while self.pings < n {
+                match self.socket.next().await {
+                    Some(Ok(Message::Ping(_))) => self.pings += 1,
+                    Some(Ok(Message::Text(text))) => self
+                        .backlog
+                        .push(serde_json::from_str(text.as_str()).expect("the gateway sends JSON")),
+                    Some(Ok(_)) => {}
+                    other => panic!("the connection ended while waiting for pings: {other:?}"),
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, wait)
+            .await
+            .expect("the gateway never pinged enough");
+    }
+
+    /// Reads until the gateway closes the connection, and returns the close
+    /// frame's code and reason (`None` when it ended without one).
+    pub async fn close_frame(&mut self) -> Option<(u16, String)> {
+        let closed = async {
+            loop {
+                match self.socket.next().await {
+                    None | Some(Err(_)) => return None,
+                    Some(Ok(Message::Close(frame))) => {
+                        return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                    }
+                    Some(Ok(_)) => {}
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, closed)
+            .await
+            .expect("the connection never closed")
     }
 
     /// Messages already received and not yet consumed by a wait.

@@ -27,13 +27,20 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Bucket bounds of every `_bytes` histogram: 1 KiB to 64 MiB (RabbitMQ
+/// refuses messages over 16 MiB by default).
+const BYTES_BUCKETS: &[f64] = &[
+    1024.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0,
+];
+
 /// The process's Prometheus recorder, installed on first use.
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
-            .expect("the bucket list is not empty");
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES_BUCKETS))
+            .expect("the bucket lists are not empty");
         match builder.install_recorder() {
             Ok(handle) => handle,
             // Another recorder is installed already (a test harness's): keep

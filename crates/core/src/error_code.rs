@@ -50,6 +50,8 @@ pub enum ErrorCode {
     FileChanged,
     /// This lock-server replica is not the leader; the status names the one that is.
     NotLeader,
+    /// Too many requests, or too many jobs running, for this client; retry later.
+    RateLimited,
     /// Something that should not happen did.
     Internal,
 }
@@ -79,6 +81,7 @@ impl ErrorCode {
             Self::UnknownSpider => "unknown_spider",
             Self::FileChanged => "file_changed",
             Self::NotLeader => "not_leader",
+            Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
         }
     }
@@ -100,6 +103,7 @@ impl ErrorCode {
             Self::ForbiddenAddress => Code::PermissionDenied,
             Self::UnresolvableHost | Self::UnknownJob | Self::UnknownSpider => Code::NotFound,
             Self::DuplicateJob => Code::AlreadyExists,
+            Self::RateLimited => Code::ResourceExhausted,
             Self::Unavailable | Self::NotLeader => Code::Unavailable,
             Self::StaleLease | Self::ProtocolMismatch | Self::FileChanged => {
                 Code::FailedPrecondition
@@ -110,7 +114,7 @@ impl ErrorCode {
     }
 
     /// Every code, for parsing and for tests.
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 24] = [
         Self::InvalidJson,
         Self::InvalidMessage,
         Self::UnknownType,
@@ -133,6 +137,7 @@ impl ErrorCode {
         Self::UnknownSpider,
         Self::FileChanged,
         Self::NotLeader,
+        Self::RateLimited,
         Self::Internal,
     ];
 

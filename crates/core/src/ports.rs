@@ -335,6 +335,8 @@ pub trait JobStore: Send + Sync + 'static {
     /// A client's jobs that still owe it something: finished but not
     /// delivered, or still running (their progress), oldest first.
     async fn open_jobs(&self, client_id: &str, limit: u32) -> AdapterResult<Vec<JobRecord>>;
+    /// How many of a client's jobs are queued or running.
+    async fn unfinished_jobs(&self, client_id: &str) -> AdapterResult<u32>;
 
     /// Notes that the job's message reached the queue: the outbox relay
     /// leaves it alone from now on.

@@ -392,7 +392,7 @@ async fn publish_finished(ctx: &JobContext, record: JobRecord, pages: Option<Vec
         )
         .await;
     match published {
-        Ok(()) => metrics::result_published(),
+        Ok(()) => metrics::result_published(event.len()),
         Err(_) => {
             tracing::error!(%job_id, "result not published; the client gets it when it reconnects or asks with `status`")
         }

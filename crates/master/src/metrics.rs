@@ -24,6 +24,7 @@ const JOBS_CONSUMED: &str = "crawler_master_jobs_consumed_total";
 const JOBS_ENDED: &str = "crawler_master_jobs_ended_total";
 const JOB_DURATION: &str = "crawler_master_job_duration_seconds";
 const RESULTS_PUBLISHED: &str = "crawler_master_results_published_total";
+const RESULT_EVENT_BYTES: &str = "crawler_master_result_event_bytes";
 
 /// Names and help texts, once per process.
 pub fn describe() {
@@ -83,6 +84,11 @@ pub fn describe() {
         Unit::Count,
         "Outcomes published to gateways."
     );
+    describe_histogram!(
+        RESULT_EVENT_BYTES,
+        Unit::Bytes,
+        "Size of each outcome message published to a gateway: a summary, and the pages only of a small result."
+    );
 }
 
 impl Stats {
@@ -116,6 +122,7 @@ pub fn job_ended(outcome: &'static str, took: Option<Duration>) {
     }
 }
 
-pub fn result_published() {
+pub fn result_published(bytes: usize) {
     counter!(RESULTS_PUBLISHED).increment(1);
+    histogram!(RESULT_EVENT_BYTES).record(bytes as f64);
 }

@@ -45,9 +45,48 @@ pub struct GatewayConfig {
     /// of this many pages, read from the store one part at a time.
     #[arg(long, env = "WS_GATEWAY__RESULT_PART_PAGES", default_value_t = 1000)]
     pub result_part_pages: u32,
-    /// Largest text frame accepted, in bytes.
+    /// Largest text frame a request may be, in bytes: a larger one, up to
+    /// four times this (the transport limit), gets `message_too_large` and
+    /// the connection stays; a frame past the transport limit closes the
+    /// connection with 1009 (message too big).
     #[arg(long, env = "WS_GATEWAY__MAX_FRAME_BYTES", default_value_t = 256 * 1024)]
     pub max_frame_bytes: usize,
+    /// Open websocket connections at most; past it, an upgrade is refused
+    /// with 503 and a reason, and HAProxy tries another gateway.
+    #[arg(long, env = "WS_GATEWAY__MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+    /// A connection silent for this long (no frame, no pong) is closed with
+    /// a close frame (1000, "idle").
+    #[arg(long, env = "WS_GATEWAY__IDLE_TIMEOUT_SECS", default_value_t = 120)]
+    pub idle_timeout_secs: u64,
+    /// The gateway pings a connection silent for this long.
+    #[arg(long, env = "WS_GATEWAY__PING_INTERVAL_SECS", default_value_t = 30)]
+    pub ping_interval_secs: u64,
+    /// Submits a connection may make per second, sustained; past it (after
+    /// a burst of as many again), a submit gets `rate_limited`.
+    #[arg(long, env = "WS_GATEWAY__SUBMITS_PER_SEC", default_value_t = 50)]
+    pub submits_per_sec: u32,
+    /// Unfinished jobs one client may have at once; past it, a submit that
+    /// would start a crawl gets `rate_limited` (answers from the cache do not count).
+    #[arg(long, env = "WS_GATEWAY__MAX_RUNNING_JOBS", default_value_t = 100)]
+    pub max_running_jobs: u32,
+    /// How long a write to a client may take before the client counts as
+    /// not reading and its connection is closed.
+    #[arg(long, env = "WS_GATEWAY__WRITE_TIMEOUT_SECS", default_value_t = 15)]
+    pub write_timeout_secs: u64,
+    /// On SIGTERM: every client is sent close 1001 (going away), and the
+    /// gateway exits once they are gone or after this many seconds.
+    #[arg(long, env = "WS_GATEWAY__SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+    /// Bytes of read buffer each websocket connection allocates. The
+    /// websocket library's default, 128 KiB, is what made an idle client
+    /// cost 127 KB; frames larger than this are still read whole.
+    #[arg(long, env = "WS_GATEWAY__WS_READ_BUFFER_BYTES", default_value_t = 1024)]
+    pub ws_read_buffer_bytes: usize,
+    /// Bytes a connection gathers before writing them out; 0 writes each
+    /// message at once (the library's default is 128 KiB).
+    #[arg(long, env = "WS_GATEWAY__WS_WRITE_BUFFER_BYTES", default_value_t = 0)]
+    pub ws_write_buffer_bytes: usize,
     /// Networks that may be crawled although they are loopback, private or link-local (comma-separated CIDRs).
     #[arg(
         long = "allow-network",
@@ -83,6 +122,30 @@ impl GatewayConfig {
             "--max-frame-bytes must be at least 1024"
         );
         anyhow::ensure!(
+            self.max_connections >= 1,
+            "--max-connections must be at least 1"
+        );
+        anyhow::ensure!(
+            self.ping_interval_secs >= 1 && self.idle_timeout_secs > self.ping_interval_secs,
+            "--ping-interval-secs must be at least 1 and less than --idle-timeout-secs"
+        );
+        anyhow::ensure!(
+            self.submits_per_sec >= 1,
+            "--submits-per-sec must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_running_jobs >= 1,
+            "--max-running-jobs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.write_timeout_secs >= 1,
+            "--write-timeout-secs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.ws_read_buffer_bytes >= 256,
+            "--ws-read-buffer-bytes must be at least 256"
+        );
+        anyhow::ensure!(
             !self.gateway_id.is_empty()
                 && self
                     .gateway_id
@@ -108,4 +171,38 @@ impl GatewayConfig {
     pub fn resolve_timeout(&self) -> Duration {
         Duration::from_secs(3)
     }
+
+    /// How connections are held: their buffers, liveness and limits.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            transport_bytes: self.max_frame_bytes.saturating_mul(4),
+            max_connections: self.max_connections,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            ping_interval: Duration::from_secs(self.ping_interval_secs),
+            submits_per_sec: self.submits_per_sec,
+            max_running_jobs: self.max_running_jobs,
+            write_timeout: Duration::from_secs(self.write_timeout_secs),
+            read_buffer_bytes: self.ws_read_buffer_bytes,
+            write_buffer_bytes: self.ws_write_buffer_bytes,
+        }
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// How a gateway holds its connections.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// A frame past this closes the connection with 1009.
+    pub transport_bytes: usize,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub ping_interval: Duration,
+    pub submits_per_sec: u32,
+    pub max_running_jobs: u32,
+    pub write_timeout: Duration,
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
 }

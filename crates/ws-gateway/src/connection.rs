@@ -1,11 +1,24 @@
 //! One websocket connection: frames in, messages out. Every bad frame gets an
-//! `error` and the connection stays open for the next request.
+//! `error` and the connection stays open for the next request; what ends a
+//! connection is said with a close frame: 1000 when it was idle too long,
+//! 1001 when the gateway stops, 1009 for a frame past the transport limit.
+//!
+//! An idle connection should cost little memory, since a gateway holds tens
+//! of thousands: its read buffer is small (see `--ws-read-buffer-bytes`),
+//! its queue of messages holds pointers, and the work done for a request or
+//! a delivery lives in a boxed future only while it runs, so the task of an
+//! idle connection is small.
 
-use axum::extract::ws::{Message, Utf8Bytes};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use crawler_core::ErrorCode;
 use crawler_core::protocol::{ClientMessage, ServerMessage, parse_client_message};
 use futures::{Sink, SinkExt, Stream, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
@@ -18,6 +31,11 @@ use crate::routes::ClientHandle;
 /// before it counts as a reader too slow to keep.
 const OUTGOING_QUEUE: usize = 256;
 
+/// Close codes (RFC 6455, section 7.4.1).
+const NORMAL: u16 = 1000;
+const GOING_AWAY: u16 = 1001;
+const TOO_BIG: u16 = 1009;
+
 /// Who is on the other end.
 pub struct Client {
     pub id: String,
@@ -26,60 +44,139 @@ pub struct Client {
     pub returning: bool,
 }
 
-/// Serves one client until it leaves. Generic over the socket halves so it
-/// can be driven by channels in tests.
-pub async fn serve<S, R, E>(state: AppState, client: Client, mut sink: S, mut stream: R)
+/// One of the gateway's `--max-connections`, held for a connection's life.
+pub struct Slot {
+    metrics: Arc<Metrics>,
+}
+
+impl Slot {
+    /// A free slot, or `None` when the gateway holds its maximum.
+    pub fn take(state: &AppState) -> Option<Self> {
+        let held = state.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        if held as usize >= state.conn.max_connections {
+            state.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+            Metrics::inc(&state.metrics.connections_refused);
+            return None;
+        }
+        Some(Self {
+            metrics: state.metrics.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.drained.notify_waiters();
+    }
+}
+
+/// A read error the client is told about before the connection ends.
+pub trait ReadError: std::error::Error + 'static {
+    /// The frame was past the transport limit.
+    fn too_big(&self) -> bool {
+        std::error::Error::source(self)
+            .and_then(|e| e.downcast_ref::<tungstenite::Error>())
+            .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+    }
+}
+
+impl ReadError for axum::Error {}
+impl ReadError for std::convert::Infallible {}
+
+/// Serves one client until it leaves, is idle too long, does not read, or
+/// the gateway stops. Generic over the socket halves so it can be driven by
+/// channels in tests.
+pub async fn serve<S, R, E>(state: AppState, client: Client, slot: Slot, mut sink: S, mut stream: R)
 where
     S: Sink<Message> + Unpin + Send,
     R: Stream<Item = Result<Message, E>> + Unpin + Send,
-    E: std::fmt::Display,
+    E: ReadError,
 {
-    Metrics::inc(&state.metrics.connections);
+    let _slot = slot;
     let (tx, mut rx) = mpsc::channel::<Outgoing>(OUTGOING_QUEUE);
     let handle = ClientHandle::new(tx);
+    let limits = state.conn.clone();
     let mut out = Socket {
         state: &state,
         sink: &mut sink,
         close: handle.close.clone(),
     };
+    let mut submits: Option<DefaultDirectRateLimiter> = None;
     let welcome = ServerMessage::Welcome {
         client_id: client.id.clone(),
         gateway: state.gateway_key.clone(),
     };
     let mut open = out.write(welcome).await;
     if open && client.returning {
-        for owed in requests::owed_to(&state, &client.id, &handle).await {
-            open = dispatch(&state, &mut out, owed).await;
+        let owed = Box::pin(requests::owed_to(&state, &client.id, &handle)).await;
+        for owed in owed {
+            open = Box::pin(dispatch(&state, &mut out, owed)).await;
             if !open {
                 break;
             }
         }
     }
+    let mut heard = Instant::now();
+    let mut pinged = false;
     while open {
+        let check = heard
+            + if pinged {
+                limits.idle_timeout
+            } else {
+                limits.ping_interval
+            };
         tokio::select! {
-            _ = handle.close.cancelled() => break,
+            _ = state.closing.cancelled() => {
+                out.close(GOING_AWAY, "the gateway is stopping; reconnect to another").await;
+                break;
+            }
+            _ = handle.close.cancelled() => {
+                Metrics::inc(&state.metrics.connections_closed_slow);
+                break;
+            }
+            _ = tokio::time::sleep_until(check) => {
+                if pinged {
+                    Metrics::inc(&state.metrics.connections_closed_idle);
+                    let reason = format!("idle for {} s", limits.idle_timeout.as_secs());
+                    out.close(NORMAL, &reason).await;
+                    break;
+                }
+                pinged = true;
+                open = out.ping().await;
+            }
             owed = rx.recv() => {
                 // `handle` holds a sender, so the channel never closes here.
                 let Some(owed) = owed else { break };
-                open = dispatch(&state, &mut out, owed).await;
+                open = Box::pin(dispatch(&state, &mut out, owed)).await;
             }
             incoming = stream.next() => {
+                heard = Instant::now();
+                pinged = false;
                 let replies = match incoming {
-                    Some(Ok(Message::Text(text))) => handle_text(&state, &client.id, text.as_str(), &handle).await,
-                    Some(Ok(Message::Binary(_))) => vec![Outgoing::Message(ServerMessage::error(
+                    Some(Ok(Message::Text(text))) => {
+                        Box::pin(handle_text(&state, &client.id, text.as_str(), &handle, &mut submits)).await
+                    }
+                    Some(Ok(Message::Binary(_))) => vec![Outgoing::message(ServerMessage::error(
                         None,
                         ErrorCode::InvalidMessage,
                         "binary frames are not supported; send JSON as a text frame",
                     ))],
                     Some(Ok(Message::Close(_))) | None => break,
-                    Some(Ok(_)) => continue, // ping and pong are answered by the server
+                    // Pings are answered by the library; pongs are signs of life.
+                    Some(Ok(_)) => continue,
                     Some(Err(e)) => {
-                        tracing::debug!(error = %e, "websocket read failed");
+                        if e.too_big() {
+                            let reason = format!("a frame is over {} bytes", limits.transport_bytes);
+                            out.close(TOO_BIG, &reason).await;
+                        } else {
+                            tracing::debug!(error = %e, "websocket read failed");
+                        }
                         break;
                     }
                 };
                 for reply in replies {
-                    open = dispatch(&state, &mut out, reply).await;
+                    open = Box::pin(dispatch(&state, &mut out, reply)).await;
                     if !open {
                         break;
                     }
@@ -88,13 +185,12 @@ where
         }
     }
     state.routes.forget(handle.id);
-    Metrics::dec(&state.metrics.connections);
 }
 
 /// Sends one queued item; false once the connection is broken.
 async fn dispatch<W: Writer>(state: &AppState, out: &mut W, owed: Outgoing) -> bool {
     match owed {
-        Outgoing::Message(message) => out.write(message).await,
+        Outgoing::Message(message) => out.write(*message).await,
         Outgoing::Outcome(outcome) => delivery::deliver(state, out, outcome).await,
     }
 }
@@ -104,9 +200,10 @@ async fn handle_text(
     client_id: &str,
     text: &str,
     handle: &ClientHandle,
+    submits: &mut Option<DefaultDirectRateLimiter>,
 ) -> Vec<Outgoing> {
     if text.len() > state.max_frame_bytes {
-        return vec![Outgoing::Message(ServerMessage::error(
+        return vec![Outgoing::message(ServerMessage::error(
             None,
             ErrorCode::MessageTooLarge,
             format!(
@@ -118,21 +215,65 @@ async fn handle_text(
     }
     match parse_client_message(text, &state.limits) {
         Ok(ClientMessage::Submit(submit)) => {
+            let per_sec = state.conn.submits_per_sec;
+            let limiter = submits.get_or_insert_with(|| {
+                let rate = std::num::NonZeroU32::new(per_sec).unwrap_or(std::num::NonZeroU32::MIN);
+                RateLimiter::direct(Quota::per_second(rate).allow_burst(rate))
+            });
+            if limiter.check().is_err() {
+                Metrics::inc(&state.metrics.rate_limited);
+                return vec![Outgoing::message(ServerMessage::error(
+                    Some(submit.job_id),
+                    ErrorCode::RateLimited,
+                    format!("more than {per_sec} submits a second on this connection; slow down"),
+                ))];
+            }
             requests::submit(state, client_id, submit, handle).await
         }
         Ok(ClientMessage::Status { job_id }) => {
             vec![requests::status(state, client_id, job_id, handle).await]
         }
-        Err(e) => vec![Outgoing::Message(e.into())],
+        Err(e) => vec![Outgoing::message(e.into())],
     }
 }
 
-/// The socket's sending half, counted, and given up when the connection
-/// is closed for reading too slowly.
+/// The socket's sending half, counted, with a deadline per write, and given
+/// up when the connection is closed for reading too slowly.
 struct Socket<'a, S> {
     state: &'a AppState,
     sink: &'a mut S,
     close: CancellationToken,
+}
+
+impl<S: Sink<Message> + Unpin + Send> Socket<'_, S> {
+    /// Writes `frame` unless the connection is closed first or the client
+    /// stops reading for the write timeout.
+    async fn send(&mut self, frame: Message) -> bool {
+        let timeout = self.state.conn.write_timeout;
+        tokio::select! {
+            _ = self.close.cancelled() => false,
+            sent = tokio::time::timeout(timeout, self.sink.send(frame)) => match sent {
+                Ok(sent) => sent.is_ok(),
+                Err(_) => {
+                    Metrics::inc(&self.state.metrics.connections_closed_slow);
+                    false
+                }
+            },
+        }
+    }
+
+    async fn ping(&mut self) -> bool {
+        self.send(Message::Ping(Default::default())).await
+    }
+
+    /// Says why the connection ends; the client may be gone already.
+    async fn close(&mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason.to_string()),
+        };
+        let _ = self.send(Message::Close(Some(frame))).await;
+    }
 }
 
 impl<S: Sink<Message> + Unpin + Send> Writer for Socket<'_, S> {
@@ -144,11 +285,8 @@ impl<S: Sink<Message> + Unpin + Send> Writer for Socket<'_, S> {
             }
             _ => {}
         }
-        let frame = Message::Text(Utf8Bytes::from(message.to_json()));
-        tokio::select! {
-            _ = self.close.cancelled() => false,
-            sent = self.sink.send(frame) => sent.is_ok(),
-        }
+        self.send(Message::Text(Utf8Bytes::from(message.to_json())))
+            .await
     }
 }
 
@@ -173,7 +311,8 @@ mod tests {
             id: "client-1".into(),
             returning: false,
         };
-        super::serve(gateway.state.clone(), client, sink, incoming).await;
+        let slot = super::Slot::take(&gateway.state).unwrap();
+        super::serve(gateway.state.clone(), client, slot, sink, incoming).await;
         sent.map(|m| match m {
             Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
             other => panic!("the gateway sends text frames only, not {other:?}"),

@@ -18,12 +18,18 @@ use crate::AppState;
 
 /// Something a connection is to send.
 #[derive(Debug)]
+/// Both kinds boxed: a connection's queue holds pointers, so an idle
+/// connection's queue costs little.
 pub enum Outgoing {
-    Message(ServerMessage),
+    Message(Box<ServerMessage>),
     Outcome(Box<Outcome>),
 }
 
 impl Outgoing {
+    pub fn message(message: ServerMessage) -> Self {
+        Self::Message(Box::new(message))
+    }
+
     pub fn outcome(outcome: Outcome) -> Self {
         Self::Outcome(Box::new(outcome))
     }

@@ -79,7 +79,7 @@ fn deliver(state: &AppState, event: GatewayEvent) {
                     pages_done,
                     current_depth,
                 };
-                client.offer(Outgoing::Message(progress), false);
+                client.offer(Outgoing::message(progress), false);
             }
         }
         GatewayEvent::Finished { record, pages } => {

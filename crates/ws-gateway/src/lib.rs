@@ -30,7 +30,7 @@ use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::GatewayConfig;
+pub use config::{ConnectionLimits, GatewayConfig};
 use metrics::Metrics;
 use routes::Routes;
 
@@ -45,6 +45,10 @@ pub struct AppState {
     /// A result of more pages than this is sent in parts of this many.
     part_pages: u32,
     resolve_timeout: Duration,
+    /// How connections are held: buffers, liveness, limits.
+    conn: Arc<ConnectionLimits>,
+    /// Cancelled on SIGTERM: every connection says goodbye (1001) and ends.
+    closing: CancellationToken,
     routes: Arc<Routes>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
@@ -54,6 +58,7 @@ pub struct Gateway {
     listener: TcpListener,
     state: AppState,
     outbox_grace: Duration,
+    shutdown_grace: Duration,
 }
 
 impl Gateway {
@@ -71,6 +76,8 @@ impl Gateway {
             max_frame_bytes: config.max_frame_bytes,
             part_pages: config.result_part_pages,
             resolve_timeout: config.resolve_timeout(),
+            conn: Arc::new(config.connection_limits()),
+            closing: CancellationToken::new(),
             routes: Arc::default(),
             metrics: Arc::default(),
             ready: Arc::default(),
@@ -79,6 +86,7 @@ impl Gateway {
             listener,
             state,
             outbox_grace: config.outbox_grace(),
+            shutdown_grace: config.shutdown_grace(),
         })
     }
 
@@ -117,6 +125,29 @@ impl Gateway {
         axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;
+        // No new connection is accepted from here. Websockets outlive the
+        // HTTP server that upgraded them, so each is told to go elsewhere.
+        let open = self.state.metrics.connections.load(Ordering::Relaxed);
+        tracing::info!(
+            connections = open,
+            "stopping: sending every client close 1001"
+        );
+        self.state.closing.cancel();
+        let drained = self.state.metrics.drained.clone();
+        let all_gone = async {
+            while self.state.metrics.connections.load(Ordering::Relaxed) > 0 {
+                drained.notified().await;
+            }
+        };
+        if tokio::time::timeout(self.shutdown_grace, all_gone)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = self.state.metrics.connections.load(Ordering::Relaxed),
+                "connections still open after the grace; leaving them"
+            );
+        }
         shutdown.cancel();
         let _ = events.await;
         let _ = relay.await;
@@ -156,13 +187,30 @@ async fn upgrade(
             returning: false,
         },
     };
-    // Frames over the protocol limit still arrive whole so the client gets a
-    // clear `message_too_large` instead of a dropped connection.
-    let transport_limit = state.max_frame_bytes.saturating_mul(4).max(1 << 20);
-    ws.max_message_size(transport_limit)
+    let Some(slot) = connection::Slot::take(&state) else {
+        let refusal = format!(
+            "this gateway holds its maximum of {} connections; try again or another gateway",
+            state.conn.max_connections
+        );
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            refusal,
+        )
+            .into_response();
+    };
+    let conn = &state.conn;
+    // Frames over the protocol limit, up to the transport limit, still
+    // arrive whole so the client gets a clear `message_too_large` instead
+    // of a dropped connection. The read buffer is small: an idle client
+    // costs little, and a large frame is read whole all the same.
+    ws.read_buffer_size(conn.read_buffer_bytes)
+        .write_buffer_size(conn.write_buffer_bytes)
+        .max_message_size(conn.transport_bytes)
+        .max_frame_size(conn.transport_bytes)
         .on_upgrade(move |socket| async move {
             let (sink, stream) = socket.split();
-            connection::serve(state, client, sink, stream).await;
+            connection::serve(state, client, slot, sink, stream).await;
         })
 }
 

@@ -10,6 +10,12 @@ use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
 #[derive(Default)]
 pub struct Metrics {
     pub connections: AtomicU64,
+    /// Notified each time a connection ends (a stopping gateway waits on it).
+    pub drained: std::sync::Arc<tokio::sync::Notify>,
+    pub connections_refused: AtomicU64,
+    pub connections_closed_idle: AtomicU64,
+    pub connections_closed_slow: AtomicU64,
+    pub rate_limited: AtomicU64,
     pub jobs_accepted: AtomicU64,
     pub jobs_published: AtomicU64,
     pub jobs_republished: AtomicU64,
@@ -21,6 +27,10 @@ pub struct Metrics {
 }
 
 const CONNECTIONS: &str = "crawler_gateway_connections";
+const CONNECTIONS_REFUSED: &str = "crawler_gateway_connections_refused_total";
+const CLOSED_IDLE: &str = "crawler_gateway_connections_closed_idle_total";
+const CLOSED_SLOW: &str = "crawler_gateway_connections_closed_slow_total";
+const RATE_LIMITED: &str = "crawler_gateway_rate_limited_total";
 const JOBS_PENDING: &str = "crawler_gateway_jobs_pending";
 const JOBS_ACCEPTED: &str = "crawler_gateway_jobs_accepted_total";
 const JOBS_PUBLISHED: &str = "crawler_gateway_jobs_published_total";
@@ -36,13 +46,29 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn dec(counter: &AtomicU64) {
-        counter.fetch_sub(1, Ordering::Relaxed);
-    }
-
     /// Names and help texts, once per process.
     pub fn describe() {
         describe_gauge!(CONNECTIONS, Unit::Count, "Open websocket connections.");
+        describe_counter!(
+            CONNECTIONS_REFUSED,
+            Unit::Count,
+            "Upgrades refused because the gateway held its maximum of connections."
+        );
+        describe_counter!(
+            CLOSED_IDLE,
+            Unit::Count,
+            "Connections closed after the idle timeout."
+        );
+        describe_counter!(
+            CLOSED_SLOW,
+            Unit::Count,
+            "Connections closed because their client did not read what it was sent."
+        );
+        describe_counter!(
+            RATE_LIMITED,
+            Unit::Count,
+            "Submits refused with rate_limited."
+        );
         describe_gauge!(
             JOBS_PENDING,
             Unit::Count,
@@ -92,6 +118,10 @@ impl Metrics {
             (EVENTS_CONSUMED, &self.events_consumed),
             (RESULTS_DELIVERED, &self.results_delivered),
             (ERRORS_SENT, &self.errors_sent),
+            (CONNECTIONS_REFUSED, &self.connections_refused),
+            (CLOSED_IDLE, &self.connections_closed_idle),
+            (CLOSED_SLOW, &self.connections_closed_slow),
+            (RATE_LIMITED, &self.rate_limited),
         ] {
             counter!(name).absolute(get(value));
         }

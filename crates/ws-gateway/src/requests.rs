@@ -47,7 +47,7 @@ async fn accept(
     let started = Instant::now();
     let job_id = request.job_id.clone();
     let refuse = |(code, message): Refusal| {
-        vec![Outgoing::Message(ServerMessage::error(
+        vec![Outgoing::message(ServerMessage::error(
             Some(job_id.clone()),
             code,
             message,
@@ -99,7 +99,7 @@ async fn accept(
                     let elapsed_ms = started.elapsed().as_millis() as u64;
                     let (record, pages) = answered_from_cache(spec, cached, elapsed_ms);
                     vec![
-                        Outgoing::Message(accepted),
+                        Outgoing::message(accepted),
                         Outgoing::outcome(Outcome {
                             record,
                             pages,
@@ -123,6 +123,25 @@ async fn accept(
         Err(e) => tracing::warn!(error = %e, "cache unavailable; crawling instead"),
     }
 
+    // A crawl is work for the cluster: one client may have only so many.
+    match state.engines.store.unfinished_jobs(client_id).await {
+        Ok(running) if running >= state.conn.max_running_jobs => {
+            Metrics::inc(&state.metrics.rate_limited);
+            return refuse((
+                ErrorCode::RateLimited,
+                format!(
+                    "you have {running} unfinished jobs, the most one client may have; submit again when one ends"
+                ),
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            return refuse((
+                ErrorCode::Unavailable,
+                format!("job store unavailable: {e}"),
+            ));
+        }
+    }
     // Route before publishing, so even an instant result finds its connection.
     state.routes.insert(spec.job_id.clone(), client.clone());
     match state.engines.store.insert_job(&spec).await {
@@ -150,7 +169,7 @@ async fn accept(
     };
     Metrics::inc(&state.metrics.jobs_accepted);
     tracing::info!(job_id = %spec.job_id, client_job_id = %request.job_id, url = %spec.url, depth = spec.depth, published, "job accepted");
-    vec![Outgoing::Message(accepted)]
+    vec![Outgoing::message(accepted)]
 }
 
 /// The record of a job answered from the cache, as it was inserted, and
@@ -188,14 +207,14 @@ async fn attach(
         && existing.spec.depth == asked.depth
         && existing.spec.options == asked.options;
     if !same_request {
-        return vec![Outgoing::Message(ServerMessage::error(
+        return vec![Outgoing::message(ServerMessage::error(
             Some(asked.client_job_id.clone()),
             ErrorCode::DuplicateJob,
             duplicate(&asked.client_job_id).1,
         ))];
     }
     Metrics::inc(&state.metrics.jobs_attached);
-    let accepted = Outgoing::Message(ServerMessage::Accepted {
+    let accepted = Outgoing::message(ServerMessage::Accepted {
         job_id: existing.spec.client_job_id.clone(),
         url: existing.spec.url.clone(),
         depth: existing.spec.depth,
@@ -276,7 +295,7 @@ pub async fn owed_to(state: &AppState, client_id: &str, client: &ClientHandle) -
             }));
             continue;
         }
-        owed.push(Outgoing::Message(ServerMessage::Progress {
+        owed.push(Outgoing::message(ServerMessage::Progress {
             job_id: record.spec.client_job_id.clone(),
             pages_done: record.pages_done,
             current_depth: record.current_depth,
@@ -359,16 +378,16 @@ pub async fn status(
             let now = status_message(&record);
             follow(state, &record, client)
                 .await
-                .unwrap_or(Outgoing::Message(now))
+                .unwrap_or(Outgoing::message(now))
         }
-        Ok(None) => Outgoing::Message(ServerMessage::error(
+        Ok(None) => Outgoing::message(ServerMessage::error(
             Some(client_job_id.clone()),
             ErrorCode::UnknownJob,
             format!(
                 "no job `{client_job_id}` was submitted by this client (reconnect with the same ?clientId= to see earlier jobs)"
             ),
         )),
-        Err(e) => Outgoing::Message(ServerMessage::error(
+        Err(e) => Outgoing::message(ServerMessage::error(
             Some(client_job_id),
             ErrorCode::Unavailable,
             format!("job store unavailable: {e}"),

@@ -450,6 +450,7 @@ pub async fn a_finished_job_is_delivered_once_and_given_back_when_sending_fails(
     );
     let open = store.open_jobs(&spec.client_id, 10).await.unwrap();
     assert_eq!(open.len(), 1, "a running job owes its progress");
+    assert_eq!(store.unfinished_jobs(&spec.client_id).await.unwrap(), 1);
     let lease = grant(store, &spec, "m1", ACCEPTED).await;
     store
         .complete(
@@ -460,6 +461,7 @@ pub async fn a_finished_job_is_delivered_once_and_given_back_when_sending_fails(
         )
         .await
         .unwrap();
+    assert_eq!(store.unfinished_jobs(&spec.client_id).await.unwrap(), 0);
     assert!(store.claim_delivery(&spec.job_id).await.unwrap());
     assert!(!store.claim_delivery(&spec.job_id).await.unwrap(), "once");
     assert!(

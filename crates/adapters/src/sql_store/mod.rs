@@ -103,6 +103,9 @@ mod sql {
         WHERE job_id = $1 AND NOT delivered AND state IN ('done', 'failed')
         RETURNING job_id";
     pub const UNCLAIM_DELIVERY: &str = "UPDATE jobs SET delivered = false WHERE job_id = $1";
+    /// Unfinished jobs are never delivered, so the open-jobs index serves this.
+    pub const UNFINISHED_JOBS: &str = "SELECT COUNT(*) AS n FROM jobs
+        WHERE client_id = $1 AND NOT delivered AND state IN ('queued', 'running')";
     pub const OPEN_JOBS: &str = concat!(
         "SELECT ",
         job_columns!(),
@@ -721,6 +724,18 @@ where
             .await
             .map_err(|e| failure::<DB>("cannot give a delivery back", e))?;
         Ok(())
+    }
+
+    async fn unfinished_jobs(&self, client_id: &str) -> AdapterResult<u32> {
+        let row = sqlx::query(sql::UNFINISHED_JOBS)
+            .bind(client_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot count a client's jobs", e))?;
+        let n: i64 = row
+            .try_get("n")
+            .map_err(|e| failure::<DB>("a job count is unreadable", e))?;
+        Ok(from_db(n))
     }
 
     async fn open_jobs(&self, client_id: &str, limit: u32) -> AdapterResult<Vec<JobRecord>> {
