@@ -169,6 +169,18 @@ impl Service {
         }
     }
 
+    /// The process's resident memory now (VmRSS), from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the process is running");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("/proc/<pid>/status has VmRSS")
+            * 1024
+    }
+
     /// CPU time the process has used so far (user and system), from /proc.
     pub fn cpu_time(&self) -> Duration {
         cpu_time_of(&format!("/proc/{}/stat", self.child.id()))

@@ -187,6 +187,12 @@ async fn an_idle_connection_is_pinged_then_closed_and_a_live_one_stays() {
     let site = TestSite::serve(SitePlan::tree(&[1]).gate_depth(1)).await;
     live.submit("J", &site.url("/"), 1).await;
     live.next_where(|m| m["type"] == "accepted").await;
+    // The live client reads all along, answering pings (three, a second
+    // apart after each silence): it stays past the idle timeout repeatedly.
+    let live = tokio::spawn(async move {
+        live.wait_for_pings(3).await;
+        live
+    });
 
     let mut sent = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), silent.read_to_end(&mut sent))
@@ -205,9 +211,7 @@ async fn an_idle_connection_is_pinged_then_closed_and_a_live_one_stays() {
     assert_eq!(&control[1].1[2..], b"idle for 2 s");
     assert!(closed_after >= Duration::from_secs(2), "{closed_after:?}");
 
-    // The live client answered its pings (three, a second apart after each
-    // silence): it stayed past the idle timeout more than once.
-    live.wait_for_pings(3).await;
+    let mut live = live.await.unwrap();
     assert!(started.elapsed() > Duration::from_secs(3));
     site.open_gate();
     let result = live.result("J").await;

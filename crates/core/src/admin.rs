@@ -130,6 +130,10 @@ pub async fn spawn(
     on_scrape: OnScrape,
     shutdown: CancellationToken,
 ) -> std::io::Result<Option<tokio::task::JoinHandle<()>>> {
+    // The recorder is installed here, before the caller goes on, not in the
+    // spawned server: what the service records from now on is kept, even
+    // if it records before the server's task first runs.
+    prometheus();
     let Some(addr) = addr else {
         return Ok(None);
     };

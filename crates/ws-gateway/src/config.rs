@@ -80,8 +80,9 @@ pub struct GatewayConfig {
     pub shutdown_grace_secs: u64,
     /// Bytes of read buffer each websocket connection allocates. The
     /// websocket library's default, 128 KiB, is what made an idle client
-    /// cost 127 KB; frames larger than this are still read whole.
-    #[arg(long, env = "WS_GATEWAY__WS_READ_BUFFER_BYTES", default_value_t = 1024)]
+    /// cost 127 KB. Requests are a few hundred bytes; a larger frame is
+    /// still read whole, in more reads.
+    #[arg(long, env = "WS_GATEWAY__WS_READ_BUFFER_BYTES", default_value_t = 256)]
     pub ws_read_buffer_bytes: usize,
     /// Bytes a connection gathers before writing them out; 0 writes each
     /// message at once (the library's default is 128 KiB).

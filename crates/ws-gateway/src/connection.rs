@@ -25,7 +25,7 @@ use crate::AppState;
 use crate::delivery::{self, Outgoing, Writer};
 use crate::metrics::Metrics;
 use crate::requests;
-use crate::routes::ClientHandle;
+use crate::routes::{ClientHandle, Reach};
 
 /// Messages queued for one connection by other tasks (results, progress)
 /// before it counts as a reader too slow to keep.
@@ -84,6 +84,50 @@ pub trait ReadError: std::error::Error + 'static {
 impl ReadError for axum::Error {}
 impl ReadError for std::convert::Infallible {}
 
+/// What other tasks need to reach a connection: made when the connection
+/// first waits for a job's events, so a connection that never does (most
+/// idle ones) has no queue and no token of its own.
+struct Reachable {
+    /// The gateway's stop token, whose child the connection's token is.
+    gateway: CancellationToken,
+    handle: Option<ClientHandle>,
+    rx: Option<mpsc::Receiver<Outgoing>>,
+}
+
+impl Reachable {
+    fn new(gateway: &CancellationToken) -> Self {
+        Self {
+            gateway: gateway.clone(),
+            handle: None,
+            rx: None,
+        }
+    }
+
+    /// The token that ends the connection: its own once it has one.
+    fn stop(&self) -> &CancellationToken {
+        self.handle.as_ref().map_or(&self.gateway, |h| &h.close)
+    }
+
+    /// The next message queued for the connection, when it has a queue.
+    async fn next(&mut self) -> Option<Outgoing> {
+        match self.rx.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Reach for Reachable {
+    fn handle(&mut self) -> ClientHandle {
+        if self.handle.is_none() {
+            let (tx, rx) = mpsc::channel::<Outgoing>(OUTGOING_QUEUE);
+            self.handle = Some(ClientHandle::new(tx, &self.gateway));
+            self.rx = Some(rx);
+        }
+        self.handle.clone().expect("just made")
+    }
+}
+
 /// Serves one client until it leaves, is idle too long, does not read, or
 /// the gateway stops. Generic over the socket halves so it can be driven by
 /// channels in tests.
@@ -94,48 +138,34 @@ where
     E: ReadError,
 {
     let _slot = slot;
-    let (tx, mut rx) = mpsc::channel::<Outgoing>(OUTGOING_QUEUE);
-    let handle = ClientHandle::new(tx);
-    let limits = state.conn.clone();
-    let mut out = Socket {
-        state: &state,
-        sink: &mut sink,
-        close: handle.close.clone(),
-    };
-    let mut submits: Option<DefaultDirectRateLimiter> = None;
-    let welcome = ServerMessage::Welcome {
-        client_id: client.id.clone(),
-        gateway: state.gateway_key.clone(),
-    };
-    let mut open = out.write(welcome).await;
-    if open && client.returning {
-        let owed = Box::pin(requests::owed_to(&state, &client.id, &handle)).await;
-        for owed in owed {
-            open = Box::pin(dispatch(&state, &mut out, owed)).await;
-            if !open {
-                break;
-            }
-        }
-    }
+    let mut reach = Reachable::new(&state.closing);
+    let mut submits: Option<Box<DefaultDirectRateLimiter>> = None;
+    let mut open = Box::pin(greet(&state, &client, &mut sink, &mut reach)).await;
     let mut heard = Instant::now();
     let mut pinged = false;
     while open {
+        let limits = &state.conn;
         let check = heard
             + if pinged {
                 limits.idle_timeout
             } else {
                 limits.ping_interval
             };
+        // A connection's own token is a child of the gateway's, so one
+        // wait covers both a stopping gateway and a slow reader.
+        let stop = reach.stop().clone();
         tokio::select! {
-            _ = state.closing.cancelled() => {
-                out.close(GOING_AWAY, "the gateway is stopping; reconnect to another").await;
-                break;
-            }
-            _ = handle.close.cancelled() => {
-                Metrics::inc(&state.metrics.connections_closed_slow);
+            _ = stop.cancelled() => {
+                if state.closing.is_cancelled() {
+                    let mut out = socket(&state, &mut sink);
+                    out.close(GOING_AWAY, "the gateway is stopping; reconnect to another").await;
+                } else {
+                    Metrics::inc(&state.metrics.connections_closed_slow);
+                }
                 break;
             }
             _ = tokio::time::sleep_until(check) => {
+                let mut out = socket(&state, &mut sink);
                 if pinged {
                     Metrics::inc(&state.metrics.connections_closed_idle);
                     let reason = format!("idle for {} s", limits.idle_timeout.as_secs());
@@ -145,9 +175,10 @@ where
                 pinged = true;
                 open = out.ping().await;
             }
-            owed = rx.recv() => {
-                // `handle` holds a sender, so the channel never closes here.
+            owed = reach.next() => {
+                // The connection holds a sender, so its queue never closes.
                 let Some(owed) = owed else { break };
+                let mut out = socket(&state, &mut sink);
                 open = Box::pin(dispatch(&state, &mut out, owed)).await;
             }
             incoming = stream.next() => {
@@ -155,7 +186,7 @@ where
                 pinged = false;
                 let replies = match incoming {
                     Some(Ok(Message::Text(text))) => {
-                        Box::pin(handle_text(&state, &client.id, text.as_str(), &handle, &mut submits)).await
+                        Box::pin(handle_text(&state, &client.id, text.as_str(), &mut reach, &mut submits)).await
                     }
                     Some(Ok(Message::Binary(_))) => vec![Outgoing::message(ServerMessage::error(
                         None,
@@ -168,7 +199,7 @@ where
                     Some(Err(e)) => {
                         if e.too_big() {
                             let reason = format!("a frame is over {} bytes", limits.transport_bytes);
-                            out.close(TOO_BIG, &reason).await;
+                            socket(&state, &mut sink).close(TOO_BIG, &reason).await;
                         } else {
                             tracing::debug!(error = %e, "websocket read failed");
                         }
@@ -176,6 +207,7 @@ where
                     }
                 };
                 for reply in replies {
+                    let mut out = socket(&state, &mut sink);
                     open = Box::pin(dispatch(&state, &mut out, reply)).await;
                     if !open {
                         break;
@@ -184,7 +216,39 @@ where
             }
         }
     }
-    state.routes.forget(handle.id);
+    if let Some(handle) = &reach.handle {
+        state.routes.forget(handle.id);
+    }
+}
+
+/// The connection's sending half as a [`Writer`].
+fn socket<'a, S>(state: &'a AppState, sink: &'a mut S) -> Socket<'a, S> {
+    Socket { state, sink }
+}
+
+/// Welcomes the client and, when it comes back, sends what it is owed;
+/// false once the connection is broken.
+async fn greet<S: Sink<Message> + Unpin + Send>(
+    state: &AppState,
+    client: &Client,
+    sink: &mut S,
+    reach: &mut Reachable,
+) -> bool {
+    let welcome = ServerMessage::Welcome {
+        client_id: client.id.clone(),
+        gateway: state.gateway_key.clone(),
+    };
+    if !socket(state, sink).write(welcome).await {
+        return false;
+    }
+    if client.returning {
+        for owed in requests::owed_to(state, &client.id, reach).await {
+            if !dispatch(state, &mut socket(state, sink), owed).await {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Sends one queued item; false once the connection is broken.
@@ -199,8 +263,8 @@ async fn handle_text(
     state: &AppState,
     client_id: &str,
     text: &str,
-    handle: &ClientHandle,
-    submits: &mut Option<DefaultDirectRateLimiter>,
+    reach: &mut Reachable,
+    submits: &mut Option<Box<DefaultDirectRateLimiter>>,
 ) -> Vec<Outgoing> {
     if text.len() > state.max_frame_bytes {
         return vec![Outgoing::message(ServerMessage::error(
@@ -218,7 +282,9 @@ async fn handle_text(
             let per_sec = state.conn.submits_per_sec;
             let limiter = submits.get_or_insert_with(|| {
                 let rate = std::num::NonZeroU32::new(per_sec).unwrap_or(std::num::NonZeroU32::MIN);
-                RateLimiter::direct(Quota::per_second(rate).allow_burst(rate))
+                Box::new(RateLimiter::direct(
+                    Quota::per_second(rate).allow_burst(rate),
+                ))
             });
             if limiter.check().is_err() {
                 Metrics::inc(&state.metrics.rate_limited);
@@ -228,37 +294,33 @@ async fn handle_text(
                     format!("more than {per_sec} submits a second on this connection; slow down"),
                 ))];
             }
-            requests::submit(state, client_id, submit, handle).await
+            requests::submit(state, client_id, submit, reach).await
         }
         Ok(ClientMessage::Status { job_id }) => {
-            vec![requests::status(state, client_id, job_id, handle).await]
+            vec![requests::status(state, client_id, job_id, reach).await]
         }
         Err(e) => vec![Outgoing::message(e.into())],
     }
 }
 
-/// The socket's sending half, counted, with a deadline per write, and given
-/// up when the connection is closed for reading too slowly.
+/// The socket's sending half, counted, with a deadline per write: a
+/// client that stops reading blocks its own connection's writes at most
+/// that long (never anyone else's: events are handed over without waiting).
 struct Socket<'a, S> {
     state: &'a AppState,
     sink: &'a mut S,
-    close: CancellationToken,
 }
 
 impl<S: Sink<Message> + Unpin + Send> Socket<'_, S> {
-    /// Writes `frame` unless the connection is closed first or the client
-    /// stops reading for the write timeout.
+    /// Writes `frame` unless the client stops reading for the write timeout.
     async fn send(&mut self, frame: Message) -> bool {
         let timeout = self.state.conn.write_timeout;
-        tokio::select! {
-            _ = self.close.cancelled() => false,
-            sent = tokio::time::timeout(timeout, self.sink.send(frame)) => match sent {
-                Ok(sent) => sent.is_ok(),
-                Err(_) => {
-                    Metrics::inc(&self.state.metrics.connections_closed_slow);
-                    false
-                }
-            },
+        match tokio::time::timeout(timeout, self.sink.send(frame)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                Metrics::inc(&self.state.metrics.connections_closed_slow);
+                false
+            }
         }
     }
 
@@ -272,7 +334,8 @@ impl<S: Sink<Message> + Unpin + Send> Socket<'_, S> {
             code,
             reason: Utf8Bytes::from(reason.to_string()),
         };
-        let _ = self.send(Message::Close(Some(frame))).await;
+        let sent = self.send(Message::Close(Some(frame))).await;
+        tracing::debug!(code, reason, sent, "connection closed");
     }
 }
 

@@ -34,9 +34,19 @@ pub use config::{ConnectionLimits, GatewayConfig};
 use metrics::Metrics;
 use routes::Routes;
 
-/// Shared by every connection of this gateway.
+/// Shared by every connection of this gateway; cloning it copies a pointer,
+/// so the many connections that hold it hold 8 bytes each.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     engines: Engines,
     gateway_key: String,
     limits: Limits,
@@ -68,7 +78,7 @@ impl Gateway {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        let state = AppState {
+        let state = AppState(Arc::new(Shared {
             engines,
             gateway_key: config.gateway_id.clone(),
             limits: config.limits(),
@@ -81,7 +91,7 @@ impl Gateway {
             routes: Arc::default(),
             metrics: Arc::default(),
             ready: Arc::default(),
-        };
+        }));
         Ok(Self {
             listener,
             state,
@@ -210,7 +220,8 @@ async fn upgrade(
         .max_frame_size(conn.transport_bytes)
         .on_upgrade(move |socket| async move {
             let (sink, stream) = socket.split();
-            connection::serve(state, client, slot, sink, stream).await;
+            // Boxed, so the task axum spawns stays small while it waits.
+            Box::pin(connection::serve(state, client, slot, sink, stream)).await;
         })
 }
 

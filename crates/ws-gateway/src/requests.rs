@@ -16,7 +16,7 @@ use crate::AppState;
 use crate::delivery::{Duty, Outcome, Outgoing};
 use crate::metrics::Metrics;
 use crate::outbox;
-use crate::routes::ClientHandle;
+use crate::routes::Reach;
 
 type Refusal = (ErrorCode, String);
 
@@ -26,7 +26,7 @@ pub async fn submit(
     state: &AppState,
     client_id: &str,
     request: Submit,
-    client: &ClientHandle,
+    client: &mut dyn Reach,
 ) -> Vec<Outgoing> {
     let span = tracing::info_span!(
         "job.accept",
@@ -42,7 +42,7 @@ async fn accept(
     state: &AppState,
     client_id: &str,
     request: Submit,
-    client: &ClientHandle,
+    client: &mut dyn Reach,
 ) -> Vec<Outgoing> {
     let started = Instant::now();
     let job_id = request.job_id.clone();
@@ -143,7 +143,7 @@ async fn accept(
         }
     }
     // Route before publishing, so even an instant result finds its connection.
-    state.routes.insert(spec.job_id.clone(), client.clone());
+    state.routes.insert(spec.job_id.clone(), client.handle());
     match state.engines.store.insert_job(&spec).await {
         Ok(InsertOutcome::Created) => {}
         Ok(InsertOutcome::Exists(existing)) => {
@@ -201,7 +201,7 @@ async fn attach(
     state: &AppState,
     asked: &JobSpec,
     existing: JobRecord,
-    client: &ClientHandle,
+    client: &mut dyn Reach,
 ) -> Vec<Outgoing> {
     let same_request = existing.spec.url == asked.url
         && existing.spec.depth == asked.depth
@@ -244,9 +244,9 @@ fn answer(record: JobRecord) -> Outgoing {
 /// The job may have finished meanwhile, its end published to the gateway
 /// it pointed at before: then its outcome is returned, to be pushed here
 /// (the store's delivery claim keeps that from sending it twice).
-async fn follow(state: &AppState, record: &JobRecord, client: &ClientHandle) -> Option<Outgoing> {
+async fn follow(state: &AppState, record: &JobRecord, client: &mut dyn Reach) -> Option<Outgoing> {
     let job_id = &record.spec.job_id;
-    state.routes.insert(job_id.clone(), client.clone());
+    state.routes.insert(job_id.clone(), client.handle());
     if record.spec.gateway_key == state.gateway_key {
         return None;
     }
@@ -276,7 +276,7 @@ async fn follow(state: &AppState, record: &JobRecord, client: &ClientHandle) -> 
 /// What a client that comes back is owed: the outcomes of its jobs that
 /// finished while it was away, and the progress of those still running
 /// (whose events now come here).
-pub async fn owed_to(state: &AppState, client_id: &str, client: &ClientHandle) -> Vec<Outgoing> {
+pub async fn owed_to(state: &AppState, client_id: &str, client: &mut dyn Reach) -> Vec<Outgoing> {
     let open = match state.engines.store.open_jobs(client_id, OWED_AT_ONCE).await {
         Ok(open) => open,
         Err(e) => {
@@ -364,7 +364,7 @@ pub async fn status(
     state: &AppState,
     client_id: &str,
     client_job_id: String,
-    client: &ClientHandle,
+    client: &mut dyn Reach,
 ) -> Outgoing {
     match state
         .engines

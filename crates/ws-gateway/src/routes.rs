@@ -25,12 +25,13 @@ pub struct ClientHandle {
 }
 
 impl ClientHandle {
-    pub fn new(tx: mpsc::Sender<Outgoing>) -> Self {
+    /// A handle whose `close` is also cancelled when `gateway` is.
+    pub fn new(tx: mpsc::Sender<Outgoing>, gateway: &CancellationToken) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Self {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             tx,
-            close: CancellationToken::new(),
+            close: gateway.child_token(),
         }
     }
 
@@ -51,6 +52,11 @@ impl ClientHandle {
             Err(_) => {}
         }
     }
+}
+
+/// How a request reaches its connection's handle, made on first use.
+pub trait Reach: Send {
+    fn handle(&mut self) -> ClientHandle;
 }
 
 /// The connection each pending job's events go to. A job's own client is
