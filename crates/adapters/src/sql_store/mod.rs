@@ -44,14 +44,6 @@ mod sql {
         VALUES ($1, $2, $3, $4, 'queued', $5)
         ON CONFLICT DO NOTHING";
 
-    /// Answered at once from the cache, so delivered as it is recorded.
-    pub const INSERT_DONE: &str = "INSERT INTO jobs
-            (job_id, client_id, client_job_id, spec, state, accepted_at_ms,
-             summary, pages_done, current_depth, pages_of, delivered)
-        VALUES ($1, $2, $3, $4, 'done', $5, $6, $7, $8, $9, true)
-        ON CONFLICT DO NOTHING
-        RETURNING job_id";
-
     pub const SELECT_BY_ID: &str =
         concat!("SELECT ", job_columns!(), " FROM jobs WHERE job_id = $1");
 
@@ -367,13 +359,18 @@ where
         self.existing(spec).await
     }
 
+    /// The record of a cache answer is committed without waiting for the
+    /// disk (see [`Dialect::INSERT_DONE`]): the answer is sent either way,
+    /// and a crash that loses the record only makes a later `status` for it
+    /// unknown (asking again answers from the cache again). Waiting for the
+    /// flush was most of a cache hit's time.
     async fn insert_done(
         &self,
         spec: &JobSpec,
         cached: &CachedCrawl,
     ) -> AdapterResult<InsertOutcome> {
         let summary = &cached.summary;
-        let inserted = sqlx::query(sql::INSERT_DONE)
+        let inserted = sqlx::query(DB::INSERT_DONE)
             .bind(spec.job_id.0.as_str())
             .bind(spec.client_id.as_str())
             .bind(spec.client_job_id.as_str())
