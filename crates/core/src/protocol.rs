@@ -32,6 +32,44 @@ pub struct Submit {
     pub spider: Option<String>,
 }
 
+/// A submit as a client writes it: what [`parse_client_message`] reads back
+/// as a [`ClientMessage::Submit`] (optional fields left out are the
+/// gateway's defaults).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename = "submit", rename_all = "camelCase")]
+pub struct SubmitRequest {
+    pub job_id: String,
+    pub url: String,
+    pub depth: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pages: Option<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub include_subdomains: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spider: Option<String>,
+}
+
+/// A `status` request as a client writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename = "status", rename_all = "camelCase")]
+pub struct StatusRequest {
+    pub job_id: String,
+}
+
+impl SubmitRequest {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("requests always serialise")
+    }
+}
+
+impl StatusRequest {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("requests always serialise")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientMessage {
     Submit(Submit),
@@ -482,6 +520,50 @@ mod tests {
         assert_eq!(s.allowed_hosts, vec!["b.example"]);
         assert!(s.include_subdomains);
         assert_eq!(s.max_pages, 7);
+    }
+
+    #[test]
+    fn a_typed_request_reads_back_as_what_it_says() {
+        let request = SubmitRequest {
+            job_id: "J".into(),
+            url: "http://a/".into(),
+            depth: 2,
+            max_pages: Some(7),
+            allowed_hosts: vec!["b.example".into()],
+            include_subdomains: true,
+            spider: Some("news".into()),
+        };
+        let ClientMessage::Submit(parsed) = parse(&request.to_json()).unwrap() else {
+            panic!("not a submit");
+        };
+        assert_eq!(
+            parsed,
+            Submit {
+                job_id: "J".into(),
+                url: "http://a/".into(),
+                depth: 2,
+                allowed_hosts: vec!["b.example".into()],
+                include_subdomains: true,
+                max_pages: 7,
+                spider: Some("news".into()),
+            }
+        );
+        let bare = SubmitRequest {
+            max_pages: None,
+            allowed_hosts: Vec::new(),
+            include_subdomains: false,
+            spider: None,
+            ..request
+        };
+        assert_eq!(
+            bare.to_json(),
+            r#"{"type":"submit","jobId":"J","url":"http://a/","depth":2}"#
+        );
+        let status = StatusRequest { job_id: "J".into() };
+        assert_eq!(
+            parse(&status.to_json()).unwrap(),
+            ClientMessage::Status { job_id: "J".into() }
+        );
     }
 
     #[test]

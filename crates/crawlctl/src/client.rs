@@ -1,159 +1,310 @@
 //! A websocket client of the gateway: submit a job, follow its progress,
-//! return its result.
+//! return its result, in the typed protocol of `crawler-core`.
+//!
+//! A connection that drops before the result is opened again, as the same
+//! client (`?clientId=`), and the same request is sent again: the gateway
+//! attaches it to the job, and sends what finished while the client was
+//! away. So a gateway that dies, or a network blip, costs a reconnect, not
+//! the job.
 
-use anyhow::{Context, bail};
-use crawler_core::protocol::{Assembled, ResultAssembler, ServerMessage};
+use std::time::Duration;
+
+use crawler_core::ErrorCode;
+use crawler_core::protocol::{Assembled, ResultAssembler, ServerMessage, SubmitRequest};
+use crawler_core::retry::RetryPolicy;
 use futures::{SinkExt, StreamExt};
-use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
 
-/// What the client asks for.
-#[derive(Debug, Clone)]
-pub struct CrawlRequest {
-    pub job_id: String,
-    pub url: String,
-    pub depth: u32,
-    pub max_pages: Option<u32>,
-    pub allowed_hosts: Vec<String>,
-    pub include_subdomains: bool,
-    pub spider: Option<String>,
+/// How a crawl did not end with a result; each kind has its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The gateway refused the request as it is (a bad URL, depth, option).
+    #[error("{0}")]
+    BadInput(String),
+    /// The gateway would not take it now (rate limit, full, an engine down).
+    #[error("{0}")]
+    Refused(String),
+    /// The crawl ran and failed.
+    #[error("{0}")]
+    CrawlFailed(String),
+    /// The gateway could not be reached, or kept dropping the connection.
+    #[error("{0}")]
+    ConnectionLost(String),
 }
 
-impl CrawlRequest {
-    pub fn to_json(&self) -> Value {
-        let mut msg =
-            json!({"type": "submit", "jobId": self.job_id, "url": self.url, "depth": self.depth});
-        if let Some(p) = self.max_pages {
-            msg["maxPages"] = json!(p);
+impl Failure {
+    /// The process exit code: 2 bad input, 3 refused, 4 crawl failed, 5
+    /// connection lost (1 is any other error, 0 success).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::BadInput(_) => 2,
+            Self::Refused(_) => 3,
+            Self::CrawlFailed(_) => 4,
+            Self::ConnectionLost(_) => 5,
         }
-        if !self.allowed_hosts.is_empty() {
-            msg["allowedHosts"] = json!(self.allowed_hosts);
-        }
-        if self.include_subdomains {
-            msg["includeSubdomains"] = json!(true);
-        }
-        if let Some(s) = &self.spider {
-            msg["spider"] = json!(s);
-        }
-        msg
     }
+
+    fn from_error(code: ErrorCode, message: &str) -> Self {
+        let said = format!("{code}: {message}");
+        match code {
+            ErrorCode::RateLimited | ErrorCode::Unavailable => Self::Refused(said),
+            ErrorCode::CrawlFailed | ErrorCode::Internal | ErrorCode::StaleLease => {
+                Self::CrawlFailed(said)
+            }
+            _ => Self::BadInput(said),
+        }
+    }
+}
+
+/// Where a running crawl stands.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub pages_done: u32,
+    pub current_depth: u32,
+}
+
+/// Reconnects after a dropped connection: quickly at first, at least once
+/// a second, and for about half a minute.
+const RECONNECT: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1)).with_retries(30);
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What one connection ended with.
+enum Session {
+    Done(ServerMessage),
+    Failed(Failure),
+    /// The connection dropped before the outcome; the client id it had.
+    Dropped(String),
 }
 
 /// Submits `request` to the gateway at `ws_url` and waits for its result
-/// message (putting a result sent in parts back together), calling
-/// `on_progress` with each progress message.
+/// (a [`ServerMessage::Result`], put back together when it came in parts),
+/// calling `on_progress` as the crawl advances.
 pub async fn crawl(
     ws_url: &str,
-    request: &CrawlRequest,
-    mut on_progress: impl FnMut(&Value),
-) -> anyhow::Result<Value> {
-    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url)
-        .await
-        .with_context(|| format!("cannot connect to the gateway at {ws_url}"))?;
-    socket
-        .send(Message::text(request.to_json().to_string()))
-        .await
-        .context("sending the job")?;
+    request: &SubmitRequest,
+    mut on_progress: impl FnMut(Progress),
+) -> Result<ServerMessage, Failure> {
+    let mut client_id: Option<String> = None;
+    let mut backoff = RECONNECT.backoff();
+    let never = CancellationToken::new();
+    loop {
+        let url = match &client_id {
+            Some(id) => with_client_id(ws_url, id),
+            None => ws_url.to_string(),
+        };
+        let connected = tokio_tungstenite::connect_async(url.as_str()).await;
+        let session = match connected {
+            Ok((socket, _)) => {
+                backoff.reset();
+                follow(socket, request, &mut on_progress).await
+            }
+            // The gateway answered, and said no (it holds its maximum of
+            // connections): that is a refusal, with its reason.
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let reason = response
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default()
+                    .into_owned();
+                return Err(Failure::Refused(format!(
+                    "the gateway at {ws_url} refused the connection ({}): {reason}",
+                    response.status()
+                )));
+            }
+            // Never reached: say so at once rather than retry a wrong address.
+            Err(e) if client_id.is_none() => {
+                return Err(Failure::ConnectionLost(format!(
+                    "cannot connect to the gateway at {ws_url}: {e}"
+                )));
+            }
+            Err(_) => Session::Dropped(client_id.clone().unwrap_or_default()),
+        };
+        match session {
+            Session::Done(result) => return Ok(result),
+            Session::Failed(failure) => return Err(failure),
+            Session::Dropped(id) => {
+                if !id.is_empty() {
+                    client_id = Some(id);
+                }
+                if !backoff.wait(&never).await {
+                    return Err(Failure::ConnectionLost(format!(
+                        "the connection to the gateway at {ws_url} dropped and did not come back"
+                    )));
+                }
+                tracing::warn!(
+                    "connection to the gateway dropped; reconnecting as the same client"
+                );
+            }
+        }
+    }
+}
+
+fn with_client_id(ws_url: &str, client_id: &str) -> String {
+    let separator = if ws_url.contains('?') { '&' } else { '?' };
+    format!("{ws_url}{separator}clientId={client_id}")
+}
+
+/// One connection: submits (again) and reads until the job's outcome.
+async fn follow(
+    mut socket: Socket,
+    request: &SubmitRequest,
+    on_progress: &mut impl FnMut(Progress),
+) -> Session {
+    let mut client_id = String::new();
+    if socket.send(Message::text(request.to_json())).await.is_err() {
+        return Session::Dropped(client_id);
+    }
     let mut parts: Option<ResultAssembler> = None;
     while let Some(frame) = socket.next().await {
-        let text = match frame.context("reading from the gateway")? {
-            Message::Text(text) => text,
-            Message::Close(_) => break,
-            _ => continue,
+        let text = match frame {
+            Ok(Message::Text(text)) => text,
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
         };
-        let message: Value = serde_json::from_str(text.as_str())
-            .context("the gateway sent something that is not JSON")?;
-        if message["jobId"] != json!(request.job_id) {
-            continue;
-        }
-        match message["type"].as_str() {
-            Some("result") => {
-                let _ = socket.close(None).await;
-                return Ok(message);
+        let Ok(message) = serde_json::from_str::<ServerMessage>(text.as_str()) else {
+            return Session::Failed(Failure::CrawlFailed(format!(
+                "the gateway sent a message this client does not know: {text}"
+            )));
+        };
+        match message {
+            ServerMessage::Welcome { client_id: id, .. } => client_id = id,
+            ServerMessage::Progress {
+                job_id,
+                pages_done,
+                current_depth,
             }
-            Some("resultHead") => {
-                let head: ServerMessage =
-                    serde_json::from_value(message).context("reading a result's head")?;
+            | ServerMessage::Status {
+                job_id,
+                pages_done,
+                current_depth,
+                ..
+            } if job_id == request.job_id => on_progress(Progress {
+                pages_done,
+                current_depth,
+            }),
+            result @ ServerMessage::Result { .. } if is_for(&result, &request.job_id) => {
+                let _ = socket.close(None).await;
+                return Session::Done(result);
+            }
+            head @ ServerMessage::ResultHead { .. } if is_for(&head, &request.job_id) => {
                 parts = ResultAssembler::new(head);
             }
-            Some("resultPart") => {
+            ServerMessage::ResultPart {
+                job_id,
+                part,
+                pages,
+                ..
+            } if job_id == request.job_id => {
                 let Some(assembler) = parts.as_mut() else {
-                    bail!("the gateway sent a result part before its head");
+                    continue; // a part of a result whose head this connection missed
                 };
-                let ServerMessage::ResultPart { part, pages, .. } =
-                    serde_json::from_value(message).context("reading a result part")?
-                else {
-                    bail!("the gateway sent a malformed result part");
-                };
-                if let Assembled::Done(result) =
-                    assembler.add(part, pages).map_err(anyhow::Error::msg)?
-                {
-                    let _ = socket.close(None).await;
-                    return Ok(serde_json::to_value(result)?);
+                match assembler.add(part, pages) {
+                    Ok(Assembled::Done(result)) => {
+                        let _ = socket.close(None).await;
+                        return Session::Done(result);
+                    }
+                    Ok(Assembled::Pending) => {}
+                    Err(e) => return Session::Failed(Failure::CrawlFailed(e)),
                 }
             }
-            Some("error") => bail!(
-                "{}: {}",
-                message["code"].as_str().unwrap_or("error"),
-                message["message"].as_str().unwrap_or("")
-            ),
-            Some("progress") => on_progress(&message),
+            ServerMessage::Error {
+                job_id: Some(job_id),
+                code,
+                message,
+            } if job_id == request.job_id => {
+                return Session::Failed(Failure::from_error(code, &message));
+            }
+            ServerMessage::Error {
+                job_id: None,
+                code,
+                message,
+            } => return Session::Failed(Failure::from_error(code, &message)),
             _ => {}
         }
     }
-    bail!("the gateway closed the connection before the result arrived")
+    Session::Dropped(client_id)
+}
+
+fn is_for(message: &ServerMessage, job: &str) -> bool {
+    matches!(message,
+        ServerMessage::Result { job_id, .. } | ServerMessage::ResultHead { job_id, .. } if job_id == job)
 }
 
 /// A readable summary of a result message.
-pub fn summarize(result: &Value) -> String {
+pub fn summarize(result: &ServerMessage) -> String {
     use std::fmt::Write;
+    let ServerMessage::Result {
+        url,
+        depth,
+        levels,
+        pages,
+        truncated,
+        cached,
+        elapsed_ms,
+        ..
+    } = result
+    else {
+        return String::new();
+    };
     let mut out = String::new();
-    let pages = result["pages"].as_array().map_or(0, Vec::len);
     let _ = writeln!(
         out,
-        "{} to depth {}: {} pages in {} ms{}{}",
-        result["url"].as_str().unwrap_or("?"),
-        result["depth"],
-        pages,
-        result["elapsedMs"],
-        if result["cached"] == json!(true) {
-            " (from cache)"
-        } else {
-            ""
-        },
-        if result["truncated"] == json!(true) {
+        "{url} to depth {depth}: {} pages in {elapsed_ms} ms{}{}",
+        pages.len(),
+        if *cached { " (from cache)" } else { "" },
+        if *truncated {
             " (page cap reached)"
         } else {
             ""
         },
     );
-    let facts: std::collections::HashMap<&str, &Value> = result["pages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| Some((p["url"].as_str()?, p)))
-        .collect();
-    for (depth, level) in result["levels"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let urls = level.as_array().map(Vec::as_slice).unwrap_or_default();
+    let facts: std::collections::HashMap<&str, &crawler_core::model::PageFacts> =
+        pages.iter().map(|p| (p.url.as_str(), p)).collect();
+    for (depth, urls) in levels.iter().enumerate() {
         let _ = writeln!(out, "level {depth}: {} URLs", urls.len());
-        for url in urls.iter().filter_map(Value::as_str) {
-            let page = facts.get(url);
+        for url in urls {
+            let page = facts.get(url.as_str());
             let status = page
                 .and_then(|p| {
-                    p["status"]
-                        .as_u64()
+                    p.status
                         .map(|s| s.to_string())
-                        .or_else(|| p["error"].as_str().map(|e| format!("error: {e}")))
+                        .or_else(|| p.error.as_ref().map(|e| format!("error: {e}")))
                 })
                 .unwrap_or_else(|| "-".into());
-            let title = page.and_then(|p| p["title"].as_str()).unwrap_or("");
+            let title = page.and_then(|p| p.title.as_deref()).unwrap_or("");
             let _ = writeln!(out, "  [{status}] {url}  {title}");
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_refusal_has_its_exit_code() {
+        let code = |c: ErrorCode| Failure::from_error(c, "m").exit_code();
+        assert_eq!(code(ErrorCode::UnsupportedScheme), 2);
+        assert_eq!(code(ErrorCode::InvalidDepth), 2);
+        assert_eq!(code(ErrorCode::DuplicateJob), 2);
+        assert_eq!(code(ErrorCode::RateLimited), 3);
+        assert_eq!(code(ErrorCode::Unavailable), 3);
+        assert_eq!(code(ErrorCode::CrawlFailed), 4);
+        assert_eq!(Failure::ConnectionLost("x".into()).exit_code(), 5);
+    }
+
+    #[test]
+    fn the_client_id_joins_the_url() {
+        assert_eq!(with_client_id("ws://h/ws", "c"), "ws://h/ws?clientId=c");
+        assert_eq!(
+            with_client_id("ws://h/ws?a=1", "c"),
+            "ws://h/ws?a=1&clientId=c"
+        );
+    }
 }

@@ -1,10 +1,12 @@
-use std::io::{IsTerminal, Write};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use crawlctl::client::{self, CrawlRequest};
+use crawlctl::client::{self, Failure};
 use crawlctl::embedded::{EmbeddedCluster, EmbeddedOptions};
 use crawlctl::sample_site::SampleSite;
+use crawler_core::protocol::SubmitRequest;
+use indicatif::{ProgressBar, ProgressStyle};
 use ipnet::IpNet;
 
 #[derive(Parser)]
@@ -95,12 +97,16 @@ enum SpiderCommand {
     },
 }
 
+/// Exit codes: 0 done; 2 bad input (clap's code for bad arguments too);
+/// 3 refused by the gateway; 4 the crawl failed; 5 connection lost; 1 any
+/// other error (see `client::Failure`).
 #[tokio::main]
 async fn main() {
     let _telemetry = crawler_core::telemetry::init_tracing("crawlctl", "warn", Default::default());
     if let Err(e) = run(Cli::parse()).await {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        let code = e.downcast_ref::<Failure>().map_or(1, Failure::exit_code);
+        std::process::exit(code);
     }
 }
 
@@ -118,8 +124,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             job_id,
             spider,
         } => {
-            let request = CrawlRequest {
-                job_id: job_id.unwrap_or_else(|| format!("cli-{}", std::process::id())),
+            let request = SubmitRequest {
+                job_id: job_id.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4().simple())),
                 url,
                 depth,
                 max_pages,
@@ -155,7 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
             .context("starting the embedded cluster")?;
-            let request = CrawlRequest {
+            let request = SubmitRequest {
                 job_id: "demo".into(),
                 url: site.start_url(),
                 depth,
@@ -210,21 +216,23 @@ async fn spider(file_sync: &str, command: SpiderCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn crawl_and_print(ws_url: &str, request: &CrawlRequest, json: bool) -> anyhow::Result<()> {
-    let show_progress = std::io::stderr().is_terminal();
-    let result = client::crawl(ws_url, request, |p| {
-        if show_progress {
-            eprint!(
-                "\rdepth {} · {} pages fetched",
-                p["currentDepth"], p["pagesDone"]
-            );
-            let _ = std::io::stderr().flush();
-        }
+async fn crawl_and_print(ws_url: &str, request: &SubmitRequest, json: bool) -> anyhow::Result<()> {
+    // Drawn only when stderr is a terminal (indicatif hides it otherwise).
+    let bar = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} depth {msg} · {pos} pages · {per_sec}",
+        )
+        .expect("a valid template"),
+    );
+    bar.set_message("0");
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let crawled = client::crawl(ws_url, request, |p| {
+        bar.set_position(u64::from(p.pages_done));
+        bar.set_message(p.current_depth.to_string());
     })
-    .await?;
-    if show_progress {
-        eprint!("\r\x1b[2K");
-    }
+    .await;
+    bar.finish_and_clear();
+    let result = crawled?;
     if json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
