@@ -617,7 +617,8 @@ fn via(amqp_url: &str, addr: std::net::SocketAddr) -> String {
     url.to_string()
 }
 
-async fn start_worker(i: usize, master_urls: &[String], worker_args: &[&str]) -> Service {
+/// A worker of the given masters (their URLs), with `worker_args` besides.
+pub async fn start_worker(i: usize, master_urls: &[String], worker_args: &[&str]) -> Service {
     let mut args: Vec<String> = [
         "--master",
         &master_urls.join(","),

@@ -1,7 +1,9 @@
 //! A TCP proxy that injects network faults between two real processes:
-//! pass traffic, black-hole it (connections stay open, bytes vanish, as on a
-//! partitioned network), reset every connection and refuse new ones (as
-//! when a host goes away), or delay each chunk.
+//! pass traffic, black-hole it (connections stay open and new ones are
+//! accepted, but nothing gets through, as on a partitioned network; what
+//! was sent meanwhile arrives after the heal, as TCP's retransmissions
+//! would deliver it), reset every connection and refuse new ones (as when a
+//! host goes away), or delay each chunk.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 pub enum Fault {
     /// Forward everything.
     Pass,
-    /// Keep connections open and accept new ones, but forward nothing.
+    /// Keep connections open and accept new ones, but forward nothing
+    /// until the fault changes.
     BlackHole,
     /// Reset every open connection, and reset new ones as they arrive.
     Reset,
@@ -136,15 +139,20 @@ async fn pump(
     fault: watch::Receiver<Fault>,
 ) {
     let mut buffer = vec![0u8; 64 * 1024];
+    let mut fault = fault;
     loop {
         let n = match from.read(&mut buffer).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let current = *fault.borrow();
+        // A black hole holds the bytes (and, as the proxy stops reading,
+        // the sender's buffers fill) until the network heals.
+        let current = match fault.wait_for(|f| *f != Fault::BlackHole).await {
+            Ok(current) => *current,
+            Err(_) => return,
+        };
         match current {
-            Fault::Pass => {}
-            Fault::BlackHole => continue,
+            Fault::Pass | Fault::BlackHole => {}
             Fault::Reset => return,
             Fault::Delay(delay) => tokio::time::sleep(delay).await,
         }
@@ -206,6 +214,12 @@ mod tests {
             Some(&b"ping"[..]),
             "the same connection carries traffic again once healed"
         );
+        let mut held = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut held))
+            .await
+            .expect("what was sent into the black hole arrives after the heal")
+            .unwrap();
+        assert_eq!(&held, b"ping");
 
         proxy.set(Fault::Reset);
         let mut buf = [0u8; 1];

@@ -46,6 +46,15 @@ pub struct MasterConfig {
     /// How often a master with a free job slot asks for an orphaned job, in milliseconds.
     #[arg(long, env = "MASTER__ORPHAN_POLL_MS", default_value_t = 500)]
     pub orphan_poll_ms: u64,
+    /// HTTP/2 keepalive with each worker, in seconds: a ping this often,
+    /// and a worker that does not answer within as long again is gone
+    /// (frozen, or cut off without a reset); its batches go to others.
+    #[arg(long, env = "MASTER__WORKER_KEEPALIVE_SECS", default_value_t = 5)]
+    pub worker_keepalive_secs: u64,
+    /// A batch a worker has not answered in this many seconds is sent to
+    /// another worker too (the first answer counts).
+    #[arg(long, env = "MASTER__BATCH_DEADLINE_SECS", default_value_t = 60)]
+    pub batch_deadline_secs: u64,
     /// How long finished crawls stay in the cache, in seconds.
     #[arg(long, env = "MASTER__CACHE_TTL_SECS", default_value_t = 3600)]
     pub cache_ttl_secs: u64,
@@ -75,6 +84,14 @@ impl MasterConfig {
             "--orphan-poll-ms must be at least 10"
         );
         anyhow::ensure!(
+            self.worker_keepalive_secs >= 1,
+            "--worker-keepalive-secs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.batch_deadline_secs >= 1,
+            "--batch-deadline-secs must be at least 1"
+        );
+        anyhow::ensure!(
             !self.lock_server.is_empty(),
             "--lock-server needs at least one address"
         );
@@ -93,6 +110,14 @@ impl MasterConfig {
 
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(u64::from(self.lease_ttl_ms))
+    }
+
+    pub fn worker_keepalive(&self) -> Duration {
+        Duration::from_secs(self.worker_keepalive_secs)
+    }
+
+    pub fn batch_deadline(&self) -> Duration {
+        Duration::from_secs(self.batch_deadline_secs)
     }
 
     pub fn cache_ttl(&self) -> Duration {

@@ -94,7 +94,12 @@ impl Master {
         // Workers are served until every job has ended, not just until the
         // shutdown signal: a job completing in the grace may still need them.
         let serving = CancellationToken::new();
-        let pool = WorkerPool::new(self.config.master_id.clone(), serving.clone(), &self.stats);
+        let pool = WorkerPool::new(
+            self.config.master_id.clone(),
+            self.config.batch_deadline(),
+            serving.clone(),
+            &self.stats,
+        );
         let ctx = Arc::new(JobContext {
             master_id: self.config.master_id.clone(),
             lock: LockClient::new(self.config.lock_server.clone())?,
@@ -114,7 +119,12 @@ impl Master {
         health_reporter
             .set_serving::<MasterServiceServer<MasterGrpc>>()
             .await;
+        // Pings find a worker that went silent without a reset (frozen, or
+        // cut off): its stream ends and its batches go to other workers.
+        let keepalive = self.config.worker_keepalive();
         let grpc = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(keepalive))
             .add_service(health_service)
             .add_service(
                 MasterServiceServer::new(MasterGrpc { pool })

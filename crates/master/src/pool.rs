@@ -2,12 +2,15 @@
 //!
 //! Each worker stream runs its own loop: it takes a waiting batch only while
 //! the worker has credit, so a slow worker is never flooded and a fast one is
-//! never idle. Batches in flight on a stream that drops go back to the queue.
+//! never idle. Batches in flight on a stream that drops go back to the queue,
+//! and so does a batch its worker has not answered by the batch deadline
+//! (the first answer to come counts; a later one is ignored).
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crawler_core::ErrorCode;
 use crawler_proto::v1::{
@@ -16,6 +19,7 @@ use crawler_proto::v1::{
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::{Mutex, mpsc};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -34,11 +38,18 @@ pub struct WorkerPool {
     next_batch_id: AtomicU64,
     connected: Arc<AtomicUsize>,
     redispatched: Arc<AtomicU64>,
+    /// A batch unanswered this long is sent again.
+    batch_deadline: Duration,
     shutdown: CancellationToken,
 }
 
 impl WorkerPool {
-    pub fn new(master_id: String, shutdown: CancellationToken, stats: &crate::Stats) -> Arc<Self> {
+    pub fn new(
+        master_id: String,
+        batch_deadline: Duration,
+        shutdown: CancellationToken,
+        stats: &crate::Stats,
+    ) -> Arc<Self> {
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         Arc::new(Self {
             master_id,
@@ -47,6 +58,7 @@ impl WorkerPool {
             next_batch_id: AtomicU64::new(1),
             connected: stats.workers_connected.clone(),
             redispatched: stats.batches_redispatched.clone(),
+            batch_deadline,
             shutdown,
         })
     }
@@ -85,16 +97,31 @@ impl WorkerPool {
         tracing::info!(%worker_id, "worker connected");
         let mut credit: u32 = 0;
         let mut draining = false;
-        let mut in_flight: HashMap<u64, PendingBatch> = HashMap::new();
+        let mut in_flight: HashMap<u64, (PendingBatch, Instant)> = HashMap::new();
         loop {
             let can_send = credit > 0 && !draining;
+            let next_deadline = in_flight.values().map(|(_, due)| *due).min();
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
+                _ = sleep_until_some(next_deadline) => {
+                    let now = Instant::now();
+                    let late: Vec<u64> = in_flight
+                        .iter()
+                        .filter(|(_, (_, due))| *due <= now)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in late {
+                        if let Some((pending, _)) = in_flight.remove(&id) {
+                            tracing::warn!(%worker_id, batch_id = id, "a batch passed its deadline; sending it to another worker");
+                            self.requeue(pending);
+                        }
+                    }
+                }
                 message = inbound.next() => match message {
                     Some(Ok(WorkerMessage { msg: Some(msg) })) => match msg {
                         worker_message::Msg::Credit(c) => credit = credit.saturating_add(c.amount),
                         worker_message::Msg::Result(result) => {
-                            if let Some(pending) = in_flight.remove(&result.batch_id) {
+                            if let Some((pending, _)) = in_flight.remove(&result.batch_id) {
                                 let _ = pending.reply.send(result);
                             }
                         }
@@ -120,12 +147,12 @@ impl WorkerPool {
                         break;
                     }
                     credit -= 1;
-                    in_flight.insert(batch_id, pending);
+                    in_flight.insert(batch_id, (pending, Instant::now() + self.batch_deadline));
                 }
             }
         }
         let lost = in_flight.len();
-        for (_, pending) in in_flight {
+        for (_, (pending, _)) in in_flight {
             self.requeue(pending);
         }
         self.connected.fetch_sub(1, Ordering::Relaxed);
@@ -142,6 +169,14 @@ impl WorkerPool {
             self.redispatched.fetch_add(1, Ordering::Relaxed);
             let _ = self.queue_tx.send(pending);
         }
+    }
+}
+
+/// Sleeps until `deadline`, or for ever when there is none.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -60,9 +60,19 @@ pub struct WorkerConfig {
     /// First reconnect delay in milliseconds; doubles up to the maximum, with jitter.
     #[arg(long, env = "WORKER__MIN_BACKOFF_MS", default_value_t = 200)]
     pub min_backoff_ms: u64,
-    /// Longest reconnect delay in milliseconds.
-    #[arg(long, env = "WORKER__MAX_BACKOFF_MS", default_value_t = 5_000)]
+    /// Longest reconnect delay in milliseconds: once the network is back,
+    /// a worker tries again within this.
+    #[arg(long, env = "WORKER__MAX_BACKOFF_MS", default_value_t = 1_000)]
     pub max_backoff_ms: u64,
+    /// HTTP/2 keepalive with each master, in seconds: a ping this often, and
+    /// a master that does not answer within as long again is gone; the
+    /// worker reconnects.
+    #[arg(long, env = "WORKER__KEEPALIVE_SECS", default_value_t = 5)]
+    pub keepalive_secs: u64,
+    /// How long registering with a master may take, in seconds, before the
+    /// worker gives up that try and tries again.
+    #[arg(long, env = "WORKER__REGISTER_TIMEOUT_SECS", default_value_t = 3)]
+    pub register_timeout_secs: u64,
     /// file-sync address that spiders are synced from.
     #[arg(
         long,
@@ -112,6 +122,14 @@ impl WorkerConfig {
         anyhow::ensure!(
             self.min_backoff_ms >= 1 && self.min_backoff_ms <= self.max_backoff_ms,
             "backoff bounds are inverted"
+        );
+        anyhow::ensure!(
+            self.keepalive_secs >= 1,
+            "--keepalive-secs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.register_timeout_secs >= 1,
+            "--register-timeout-secs must be at least 1"
         );
         Ok(())
     }

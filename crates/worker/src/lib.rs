@@ -10,6 +10,7 @@ mod session;
 pub mod spider;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crawler_core::net_policy::NetworkPolicy;
 use tokio_util::sync::CancellationToken;
@@ -75,6 +76,8 @@ impl Worker {
                 credit: config.batches_in_flight,
                 fetch_concurrency: config.fetch_concurrency,
                 reconnect: config.reconnect_policy(),
+                keepalive: Duration::from_secs(config.keepalive_secs),
+                register_timeout: Duration::from_secs(config.register_timeout_secs),
                 registered: registered.clone(),
                 lost,
             };

@@ -35,6 +35,10 @@ pub struct SessionConfig {
     /// Pages fetched at once within a batch.
     pub fetch_concurrency: usize,
     pub reconnect: RetryPolicy,
+    /// HTTP/2 ping interval, and how long an unanswered ping is waited for.
+    pub keepalive: Duration,
+    /// How long registering may take before this try is given up.
+    pub register_timeout: Duration,
     /// How many of this worker's sessions are registered now (readiness).
     pub registered: Arc<AtomicUsize>,
     /// Told when a registered stream ends: the master may have moved.
@@ -82,46 +86,18 @@ async fn run_once(
     spiders: &Arc<SpiderCache>,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionEnd> {
-    let endpoint = tonic::transport::Endpoint::from_shared(config.master.clone())
-        .map_err(|e| SessionEnd::NotRegistered(format!("bad master address: {e}")))?
-        .connect_timeout(Duration::from_secs(3))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| SessionEnd::NotRegistered(e.to_string()))?;
-    let mut client = MasterServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<WorkerMessage>(64);
-    send(
-        &tx,
-        worker_message::Msg::Register(Register {
-            worker_id: config.worker_id.clone(),
-            protocol_version: crawler_proto::WORK_PROTOCOL_VERSION,
-        }),
-    )
-    .await;
-    let mut inbound = client
-        .work(ReceiverStream::new(rx))
+    // Readiness is proven by the master's answer, not by the connection
+    // alone; a try that does not get that answer in time is given up and
+    // made again, never waited on for ever.
+    let mut inbound = tokio::time::timeout(config.register_timeout, register(config, &tx, rx))
         .await
-        .map_err(|e| SessionEnd::NotRegistered(e.message().to_string()))?
-        .into_inner();
-
-    // Readiness is proven by the master's answer, not by the connection alone.
-    match inbound.next().await {
-        Some(Ok(MasterMessage {
-            msg: Some(master_message::Msg::Registered(r)),
-        })) => {
-            tracing::info!(master = %config.master, master_id = %r.master_id, "registered with master")
-        }
-        Some(Ok(_)) => {
-            return Err(SessionEnd::NotRegistered(
-                "master did not confirm registration".into(),
-            ));
-        }
-        Some(Err(status)) => return Err(SessionEnd::NotRegistered(status.message().to_string())),
-        None => return Err(SessionEnd::NotRegistered("master closed the stream".into())),
-    }
+        .map_err(|_| {
+            SessionEnd::NotRegistered(format!(
+                "no registration within {:?}",
+                config.register_timeout
+            ))
+        })??;
     let _registration = Registration::enter(&config.registered);
     send(
         &tx,
@@ -175,6 +151,52 @@ async fn run_once(
         }
     }
     outcome
+}
+
+/// Connects and registers: the master's `Registered` answer proves this
+/// worker can be given batches.
+async fn register(
+    config: &SessionConfig,
+    tx: &mpsc::Sender<WorkerMessage>,
+    rx: mpsc::Receiver<WorkerMessage>,
+) -> Result<tonic::Streaming<MasterMessage>, SessionEnd> {
+    let endpoint = tonic::transport::Endpoint::from_shared(config.master.clone())
+        .map_err(|e| SessionEnd::NotRegistered(format!("bad master address: {e}")))?
+        .connect_timeout(config.register_timeout)
+        .http2_keep_alive_interval(config.keepalive)
+        .keep_alive_timeout(config.keepalive)
+        .keep_alive_while_idle(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| SessionEnd::NotRegistered(e.to_string()))?;
+    let mut client = MasterServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    send(
+        tx,
+        worker_message::Msg::Register(Register {
+            worker_id: config.worker_id.clone(),
+            protocol_version: crawler_proto::WORK_PROTOCOL_VERSION,
+        }),
+    )
+    .await;
+    let mut inbound = client
+        .work(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| SessionEnd::NotRegistered(e.message().to_string()))?
+        .into_inner();
+    match inbound.next().await {
+        Some(Ok(MasterMessage {
+            msg: Some(master_message::Msg::Registered(r)),
+        })) => {
+            tracing::info!(master = %config.master, master_id = %r.master_id, "registered with master");
+            Ok(inbound)
+        }
+        Some(Ok(_)) => Err(SessionEnd::NotRegistered(
+            "master did not confirm registration".into(),
+        )),
+        Some(Err(status)) => Err(SessionEnd::NotRegistered(status.message().to_string())),
+        None => Err(SessionEnd::NotRegistered("master closed the stream".into())),
+    }
 }
 
 /// Counts this session among the registered ones while it lives.
