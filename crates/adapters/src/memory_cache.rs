@@ -80,6 +80,10 @@ impl ResultCache for MemoryCache {
             .map(|entry| CachedCrawl::clone(&entry.crawl)))
     }
 
+    async fn ping(&self) -> AdapterResult<()> {
+        Ok(())
+    }
+
     async fn put(&self, key: &str, crawl: &CachedCrawl, ttl: Duration) -> AdapterResult<()> {
         let fresh = Entry {
             crawl: Arc::new(crawl.clone()),

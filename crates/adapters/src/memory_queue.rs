@@ -219,6 +219,10 @@ impl JobQueue for MemoryQueue {
         )
     }
 
+    async fn ping(&self) -> AdapterResult<()> {
+        Ok(())
+    }
+
     async fn dead_letter_count(&self) -> AdapterResult<u64> {
         Ok(self.shared.lock().dead.len() as u64)
     }

@@ -428,6 +428,10 @@ impl JobQueue for RabbitQueue {
         ))
     }
 
+    async fn ping(&self) -> AdapterResult<()> {
+        self.session().await.map(drop)
+    }
+
     async fn dead_letter_count(&self) -> AdapterResult<u64> {
         let session = self.session().await?;
         // A throwaway channel: a failed passive declare closes its channel.

@@ -90,6 +90,15 @@ impl ResultCache for RedisCache {
         .transpose()
     }
 
+    async fn ping(&self) -> AdapterResult<()> {
+        let mut connection = self.connection.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.failure("cannot reach the cache", e))?;
+        Ok(())
+    }
+
     async fn put(&self, key: &str, crawl: &CachedCrawl, ttl: Duration) -> AdapterResult<()> {
         let json = serde_json::to_string(crawl)
             .map_err(|e| AdapterError::new(ENGINE, format!("cannot encode the crawl: {e}")))?;

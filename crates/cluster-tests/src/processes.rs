@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use crate::proxy::FaultProxy;
 
 /// Where the engines are; overridable for machines that run them elsewhere.
+#[derive(Debug, Clone)]
 pub struct EngineUrls {
     pub amqp: String,
     pub redis: String,
@@ -255,6 +256,9 @@ pub struct ClusterSpec {
     pub lock_proxies: bool,
     /// The gateway reaches RabbitMQ through a [`FaultProxy`].
     pub gateway_amqp_proxy: bool,
+    /// Engines of the test's own (see [`crate::engines`]) instead of the
+    /// machine's.
+    pub engines: Option<EngineUrls>,
 }
 
 impl ClusterSpec {
@@ -266,6 +270,12 @@ impl ClusterSpec {
             gateways: 1,
             ..Self::default()
         }
+    }
+
+    /// Runs the cluster on these engines instead of the machine's.
+    pub fn engines(mut self, engines: EngineUrls) -> Self {
+        self.engines = Some(engines);
+        self
     }
 
     pub fn lock_servers(mut self, n: usize) -> Self {
@@ -348,7 +358,7 @@ impl Cluster {
     }
 
     async fn from_spec(spec: ClusterSpec) -> Self {
-        let engines = EngineUrls::from_env();
+        let engines = spec.engines.clone().unwrap_or_else(EngineUrls::from_env);
         let namespace = format!("test-{}", uuid::Uuid::new_v4().simple());
         let (store, database) = crawler_adapters::PgStore::connect_fresh(&engines.postgres_server)
             .await

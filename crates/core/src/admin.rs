@@ -207,3 +207,74 @@ mod tests {
         (status, body)
     }
 }
+
+/// One engine's check: `Err` says what is wrong.
+pub type Probe =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Whether a service's engines answer, checked in the background so that
+/// `/readyz` answers at once: not ready while one of them is down.
+#[derive(Clone)]
+pub struct EngineHealth {
+    /// What is down, when something is.
+    down: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// How often engines are checked, and how long one check may take.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl EngineHealth {
+    /// Checks `probes` now and every second until `shutdown`.
+    pub fn spawn(probes: Vec<(&'static str, Probe)>, shutdown: CancellationToken) -> Self {
+        let health = Self {
+            down: Arc::default(),
+        };
+        let down = health.down.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(HEALTH_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let checks = probes.iter().map(|(name, probe)| {
+                    let check = probe();
+                    async move {
+                        match tokio::time::timeout(HEALTH_TIMEOUT, check).await {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => Some(format!("{name} is down: {e}")),
+                            Err(_) => {
+                                Some(format!("{name} did not answer within {HEALTH_TIMEOUT:?}"))
+                            }
+                        }
+                    }
+                });
+                let failures: Vec<String> = futures::future::join_all(checks)
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let now = (!failures.is_empty()).then(|| failures.join("; "));
+                let mut state = down.lock().unwrap_or_else(|e| e.into_inner());
+                if *state != now {
+                    match &now {
+                        Some(what) => tracing::warn!(%what, "not ready: an engine is down"),
+                        None => tracing::info!("ready: every engine answers again"),
+                    }
+                }
+                *state = now;
+            }
+        });
+        health
+    }
+
+    /// `Err` naming what is down, when something is.
+    pub fn check(&self) -> Result<(), String> {
+        match &*self.down.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(what) => Err(what.clone()),
+            None => Ok(()),
+        }
+    }
+}

@@ -134,6 +134,8 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn consume_events(&self, gateway_key: &str) -> AdapterResult<DeliveryStream>;
     /// Messages waiting in the dead-letter queue (for operators and tests).
     async fn dead_letter_count(&self) -> AdapterResult<u64>;
+    /// Whether the broker answers now (readiness).
+    async fn ping(&self) -> AdapterResult<()>;
 }
 
 // ---------------------------------------------------------------- cache
@@ -143,6 +145,8 @@ pub trait ResultCache: Send + Sync + 'static {
     async fn get(&self, key: &str) -> AdapterResult<Option<CachedCrawl>>;
     /// Stores `crawl` unless a deeper crawl is already cached under `key`.
     async fn put(&self, key: &str, crawl: &CachedCrawl, ttl: Duration) -> AdapterResult<()>;
+    /// Whether the cache answers now (readiness).
+    async fn ping(&self) -> AdapterResult<()>;
 }
 
 // ---------------------------------------------------------------- store
@@ -337,6 +341,8 @@ pub trait JobStore: Send + Sync + 'static {
     async fn open_jobs(&self, client_id: &str, limit: u32) -> AdapterResult<Vec<JobRecord>>;
     /// How many of a client's jobs are queued or running.
     async fn unfinished_jobs(&self, client_id: &str) -> AdapterResult<u32>;
+    /// Whether the database answers now (readiness).
+    async fn ping(&self) -> AdapterResult<()>;
 
     /// Notes that the job's message reached the queue: the outbox relay
     /// leaves it alone from now on.

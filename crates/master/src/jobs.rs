@@ -58,10 +58,13 @@ const RESUME_READS: RetryPolicy =
     RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1)).with_retries(5);
 const RESUME_DEADLINE: Duration = Duration::from_secs(10);
 
-/// A result is published a few times; then its client gets it when it
-/// reconnects (the store says it was not delivered) or asks.
+/// A result is published until the broker takes it (a broker restart, or
+/// an outage of minutes, delays it rather than losing the push), in the
+/// background: the job's slot is free meanwhile. If the master stops first,
+/// its client gets the outcome when it reconnects (the store says it was not
+/// delivered) or asks.
 const PUBLISH_RESULT: RetryPolicy =
-    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(2)).with_retries(4);
+    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// Runs a job from the queue in its own span, a child of the gateway's
 /// (its context comes in the message's headers).
@@ -372,8 +375,9 @@ async fn resume(
 }
 
 /// Publishes to the gateway the stored record names: the one that holds the
-/// client now, which may not be the one that accepted the job.
-async fn publish_finished(ctx: &JobContext, record: JobRecord, pages: Option<Vec<PageFacts>>) {
+/// client now, which may not be the one that accepted the job. Returns once
+/// the first try is made; further tries go on in the background.
+async fn publish_finished(ctx: &Arc<JobContext>, record: JobRecord, pages: Option<Vec<PageFacts>>) {
     let key = record.spec.gateway_key.clone();
     let job_id = record.spec.job_id.clone();
     let event = GatewayEvent::Finished {
@@ -381,22 +385,36 @@ async fn publish_finished(ctx: &JobContext, record: JobRecord, pages: Option<Vec
         pages,
     }
     .to_bytes();
-    let published = PUBLISH_RESULT
-        .retry(
-            &ctx.hard_stop,
-            || {
-                ctx.queue
-                    .publish_event(&key, EventKind::Result, event.clone())
-            },
-            |e, _| tracing::warn!(%job_id, error = %e, "cannot publish result; retrying"),
-        )
-        .await;
-    match published {
-        Ok(()) => metrics::result_published(event.len()),
-        Err(_) => {
-            tracing::error!(%job_id, "result not published; the client gets it when it reconnects or asks with `status`")
-        }
+    if ctx
+        .queue
+        .publish_event(&key, EventKind::Result, event.clone())
+        .await
+        .is_ok()
+    {
+        return metrics::result_published(event.len());
     }
+    let ctx = ctx.clone();
+    tokio::spawn(
+        async move {
+            let published = PUBLISH_RESULT
+                .retry(
+                    &ctx.hard_stop,
+                    || {
+                        ctx.queue
+                            .publish_event(&key, EventKind::Result, event.clone())
+                    },
+                    |e, _| tracing::warn!(%job_id, error = %e, "cannot publish result; retrying"),
+                )
+                .await;
+            match published {
+                Ok(()) => metrics::result_published(event.len()),
+                Err(_) => {
+                    tracing::error!(%job_id, "result not published; the client gets it when it reconnects or asks with `status`")
+                }
+            }
+        }
+        .in_current_span(),
+    );
 }
 
 impl JobContext {

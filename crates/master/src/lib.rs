@@ -138,7 +138,9 @@ impl Master {
         tracing::info!(%addr, master_id = %self.config.master_id, "master listening for workers");
         metrics::describe();
         let consuming = self.stats.consuming.clone();
+        let engines = engine_health(&self.queue, &self.cache, serving.clone());
         let readiness: crawler_core::admin::Readiness = Arc::new(move || {
+            engines.check()?;
             if consuming.load(Ordering::Relaxed) {
                 Ok(())
             } else {
@@ -162,6 +164,28 @@ impl Master {
         }
         consumed
     }
+}
+
+/// The master is ready only while its broker and its cache answer.
+fn engine_health(
+    queue: &Arc<dyn JobQueue>,
+    cache: &Arc<dyn ResultCache>,
+    shutdown: CancellationToken,
+) -> crawler_core::admin::EngineHealth {
+    use crawler_core::admin::Probe;
+    let (queue, cache) = (queue.clone(), cache.clone());
+    let queue: Probe = Arc::new(move || {
+        let queue = queue.clone();
+        Box::pin(async move { queue.ping().await.map_err(|e| e.to_string()) })
+    });
+    let cache: Probe = Arc::new(move || {
+        let cache = cache.clone();
+        Box::pin(async move { cache.ping().await.map_err(|e| e.to_string()) })
+    });
+    crawler_core::admin::EngineHealth::spawn(
+        vec![("the queue", queue), ("the cache", cache)],
+        shutdown,
+    )
 }
 
 /// How the master subscribes again after losing the job queue.

@@ -22,7 +22,7 @@ use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use crawler_core::admin::{OnScrape, Readiness};
+use crawler_core::admin::{EngineHealth, OnScrape, Probe, Readiness};
 use crawler_core::net_policy::NetworkPolicy;
 use crawler_core::ports::Engines;
 use crawler_core::protocol::Limits;
@@ -110,7 +110,9 @@ impl Gateway {
         let addr = self.local_addr();
         Metrics::describe();
         let ready = self.state.ready.clone();
+        let engines = engine_health(&self.state.engines, shutdown.clone());
         let readiness: Readiness = Arc::new(move || {
+            engines.check()?;
             if ready.load(Ordering::Relaxed) {
                 Ok(())
             } else {
@@ -164,6 +166,36 @@ impl Gateway {
         tracing::info!("gateway stopped");
         Ok(())
     }
+}
+
+/// The gateway is ready only while its three engines answer: it records
+/// jobs in the store, answers from the cache, and queues on the broker.
+fn engine_health(engines: &Engines, shutdown: CancellationToken) -> EngineHealth {
+    let (store, cache, queue) = (
+        engines.store.clone(),
+        engines.cache.clone(),
+        engines.queue.clone(),
+    );
+    let store: Probe = Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+    });
+    let cache: Probe = Arc::new(move || {
+        let cache = cache.clone();
+        Box::pin(async move { cache.ping().await.map_err(|e| e.to_string()) })
+    });
+    let queue: Probe = Arc::new(move || {
+        let queue = queue.clone();
+        Box::pin(async move { queue.ping().await.map_err(|e| e.to_string()) })
+    });
+    EngineHealth::spawn(
+        vec![
+            ("the job store", store),
+            ("the cache", cache),
+            ("the queue", queue),
+        ],
+        shutdown,
+    )
 }
 
 /// Client ids are chosen by clients to find their jobs again; keep them tame.

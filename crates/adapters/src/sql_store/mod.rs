@@ -723,6 +723,14 @@ where
         Ok(())
     }
 
+    async fn ping(&self) -> AdapterResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("the database does not answer", e))?;
+        Ok(())
+    }
+
     async fn unfinished_jobs(&self, client_id: &str) -> AdapterResult<u32> {
         let row = sqlx::query(sql::UNFINISHED_JOBS)
             .bind(client_id)

@@ -1,0 +1,296 @@
+//! Private instances of the engines, for the tests that stop and restart
+//! them: a PostgreSQL cluster made with `initdb`, a `redis-server`, and a
+//! RabbitMQ node of its own name, each on free ports of their own, so the
+//! tests running beside them keep the machine's engines. Each is stopped
+//! when dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+/// A free TCP port on loopback (free when asked; the engine binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Waits (with a deadline) until something listens on `port`, or stops.
+async fn until_listening(port: u16, listening: bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let up = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok();
+        if up == listening {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} on port {port} never {}",
+            if listening { "listened" } else { "stopped" }
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn run(command: &mut Command, what: &str) {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A `redis-server` of its own; it keeps nothing on disk, so a restart
+/// starts empty, as a cache that lost its memory.
+pub struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        let mut redis = Self {
+            port: free_port(),
+            child: None,
+        };
+        redis.up().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub async fn up(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        until_listening(self.port, true, "redis").await;
+    }
+
+    /// Kills it (SIGKILL): what it held is gone.
+    pub async fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        until_listening(self.port, false, "redis").await;
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A PostgreSQL cluster of its own, made with `initdb` in a temporary
+/// folder, run as the `postgres` user (PostgreSQL refuses to run as root).
+pub struct PrivatePostgres {
+    dir: TempDir,
+    port: u16,
+    bin: PathBuf,
+}
+
+/// Runs `command` as the `postgres` user when this process is root.
+fn as_postgres(bin: &std::path::Path, program: &str) -> Command {
+    let program = bin.join(program);
+    if Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+impl PrivatePostgres {
+    pub async fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|versions| versions.filter_map(Result::ok).map(|e| e.path()).max())
+            .map(|version| version.join("bin"))
+            .filter(|bin| bin.join("initdb").exists())
+            .expect("PostgreSQL's server programs are installed under /usr/lib/postgresql");
+        let dir = tempfile::Builder::new()
+            .prefix("crawler-pg-")
+            .tempdir()
+            .expect("a temporary folder");
+        run(
+            Command::new("chown").args(["postgres:postgres", &dir.path().display().to_string()]),
+            "chown the cluster folder",
+        );
+        let data = dir.path().join("data");
+        run(
+            as_postgres(&bin, "initdb")
+                .args(["-D", &data.display().to_string(), "-U", "postgres"])
+                .args(["--auth=trust", "--no-sync", "-E", "UTF8"]),
+            "initdb",
+        );
+        let postgres = Self {
+            dir,
+            port: free_port(),
+            bin,
+        };
+        postgres.up().await;
+        postgres
+    }
+
+    /// The server's URL, without a database.
+    pub fn server_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    pub async fn up(&self) {
+        let data = self.dir.path().join("data");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        run(
+            as_postgres(&self.bin, "pg_ctl")
+                .args([
+                    "-D",
+                    &data.display().to_string(),
+                    "-o",
+                    &options,
+                    "-w",
+                    "start",
+                ])
+                .args(["-l", &self.dir.path().join("log").display().to_string()]),
+            "pg_ctl start",
+        );
+        until_listening(self.port, true, "postgres").await;
+    }
+
+    /// Stops it at once (`immediate`: no checkpoint, as a crash), keeping its data.
+    pub async fn down(&self) {
+        let data = self.dir.path().join("data");
+        run(
+            as_postgres(&self.bin, "pg_ctl").args([
+                "-D",
+                &data.display().to_string(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ]),
+            "pg_ctl stop",
+        );
+        until_listening(self.port, false, "postgres").await;
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = as_postgres(&self.bin, "pg_ctl")
+            .args(["-D", &data.display().to_string(), "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// A RabbitMQ node of its own name, ports and data folder. Its data lives
+/// across a restart, as a broker's does.
+pub struct PrivateRabbit {
+    dir: TempDir,
+    node: String,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRabbit {
+    pub async fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("crawler-rabbit-")
+            .tempdir()
+            .expect("a temporary folder");
+        for sub in ["mnesia", "log"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("make the node's folders");
+        }
+        std::fs::write(dir.path().join("enabled_plugins"), "").expect("no plugins");
+        // As root, rabbitmq-server runs the node as the rabbitmq user.
+        let _ = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq", &dir.path().display().to_string()])
+            .output();
+        let port = free_port();
+        let mut rabbit = Self {
+            node: format!("crawler-test-{port}@localhost"),
+            dir,
+            port,
+            child: None,
+        };
+        rabbit.up().await;
+        rabbit
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    pub async fn up(&mut self) {
+        let base = self.dir.path();
+        let child = Command::new("rabbitmq-server")
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", (self.port + 10_000).to_string())
+            .env("RABBITMQ_MNESIA_BASE", base.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", base.join("log"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                base.join("enabled_plugins"),
+            )
+            .env("RABBITMQ_CONFIG_FILE", base.join("no-config"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rabbitmq-server is installed");
+        self.child = Some(child);
+        until_listening(self.port, true, "rabbitmq").await;
+    }
+
+    /// Stops the node (gracefully, as a restart does); its data stays.
+    pub async fn down(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .output();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        until_listening(self.port, false, "rabbitmq").await;
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = Command::new("rabbitmqctl")
+                .args(["-n", &self.node, "stop"])
+                .output();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
