@@ -3,6 +3,7 @@
 //! from their logs, a cluster of them on the real engines, a TCP proxy that
 //! injects network faults, and a test site whose levels the test knows.
 
+pub mod chaos;
 pub mod engines;
 pub mod processes;
 pub mod proxy;

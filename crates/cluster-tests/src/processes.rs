@@ -41,11 +41,14 @@ impl EngineUrls {
 /// A built binary of this workspace, next to the test executable's folder.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("tests run from target/<profile>/deps");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>, and a binary
+    // of this crate runs from target/<profile> itself.
+    let parent = exe.parent().expect("an executable lives in a folder");
+    let dir = if parent.ends_with("deps") {
+        parent.parent().expect("deps is inside target/<profile>")
+    } else {
+        parent
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -340,6 +343,8 @@ pub struct Cluster {
     pub gateway_amqp_proxy: Option<FaultProxy>,
     lock_args: Vec<String>,
     master_restart_args: Vec<Vec<String>>,
+    gateway_restart_args: Vec<Vec<String>>,
+    worker_args: Vec<String>,
 }
 
 impl Cluster {
@@ -450,6 +455,15 @@ impl Cluster {
             let name = format!("ws-gateway-{i}");
             other_gateways.push(Service::start(&name, "ws-gateway", &gateway_args, true).await);
         }
+        // A restarted gateway keeps its address (clients know gateways by it).
+        let gateway_restart_args = std::iter::once(&gateway)
+            .chain(&other_gateways)
+            .map(|g| {
+                let mut args = gateway_args.clone();
+                args[1] = g.addr().to_string();
+                args
+            })
+            .collect();
         let cluster = Self {
             namespace,
             engines,
@@ -463,6 +477,8 @@ impl Cluster {
             gateway_amqp_proxy,
             lock_args: spec.lock_args,
             master_restart_args,
+            gateway_restart_args,
+            worker_args: spec.worker_args,
         };
         cluster.wait_until_ready().await;
         cluster
@@ -477,6 +493,35 @@ impl Cluster {
         self.masters[i]
             .wait_for_log("worker connected", self.workers.len())
             .await;
+    }
+
+    /// Kills gateway `i` (0 is `gateway`, then `other_gateways`) and starts
+    /// it again on its old address.
+    pub async fn restart_gateway(&mut self, i: usize) {
+        let name = if i == 0 {
+            "ws-gateway".to_string()
+        } else {
+            format!("ws-gateway-{i}")
+        };
+        let slot = if i == 0 {
+            &mut self.gateway
+        } else {
+            &mut self.other_gateways[i - 1]
+        };
+        slot.kill();
+        *slot = Service::start(&name, "ws-gateway", &self.gateway_restart_args[i], true).await;
+    }
+
+    /// Kills worker `i` and starts it again, of every master.
+    pub async fn restart_worker(&mut self, i: usize) {
+        self.workers[i].kill();
+        let master_urls: Vec<String> = self
+            .masters
+            .iter()
+            .map(|m| format!("http://{}", m.addr()))
+            .collect();
+        let args: Vec<&str> = self.worker_args.iter().map(String::as_str).collect();
+        self.workers[i] = start_worker(i, &master_urls, &args).await;
     }
 
     /// Starts one more worker of every master.
@@ -576,6 +621,8 @@ impl Cluster {
             gateway_amqp_proxy,
             lock_args: _,
             master_restart_args: _,
+            gateway_restart_args: _,
+            worker_args: _,
         } = self;
         drop((gateway, other_gateways, workers, masters, locks));
         drop((lock_proxies, gateway_amqp_proxy));

@@ -21,6 +21,8 @@ pub struct SitePlan {
     /// Path -> depth and the paths it links to.
     pages: BTreeMap<String, (u32, Vec<String>)>,
     gated_depth: Option<u32>,
+    /// Every page takes this long to answer.
+    delay: Duration,
 }
 
 impl SitePlan {
@@ -43,6 +45,7 @@ impl SitePlan {
         Self {
             pages,
             gated_depth: None,
+            delay: Duration::ZERO,
         }
     }
 
@@ -60,7 +63,15 @@ impl SitePlan {
         Self {
             pages,
             gated_depth: None,
+            delay: Duration::ZERO,
         }
+    }
+
+    /// Every page answers after `delay`, so a crawl lasts long enough for
+    /// a fault to land in its middle.
+    pub fn slow(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
     }
 
     /// Pages at `depth` answer only once the test opens the gate.
@@ -187,6 +198,9 @@ async fn page(State(site): State<Arc<Shared>>, OriginalUri(uri): OriginalUri) ->
     let Some((depth, links)) = site.plan.pages.get(&path).cloned() else {
         return (StatusCode::NOT_FOUND, "no such page").into_response();
     };
+    if !site.plan.delay.is_zero() {
+        tokio::time::sleep(site.plan.delay).await;
+    }
     if site.plan.gated_depth == Some(depth) {
         *site.gated_arrivals.lock().expect("arrivals") += 1;
         site.arrived.notify_waiters();

@@ -140,7 +140,8 @@ where
     let _slot = slot;
     let mut reach = Reachable::new(&state.closing);
     let mut submits: Option<Box<DefaultDirectRateLimiter>> = None;
-    let mut open = Box::pin(greet(&state, &client, &mut sink, &mut reach)).await;
+    let mut sent: SentHere = None;
+    let mut open = Box::pin(greet(&state, &client, &mut sink, &mut reach, &mut sent)).await;
     let mut heard = Instant::now();
     let mut pinged = false;
     while open {
@@ -157,7 +158,7 @@ where
         tokio::select! {
             _ = stop.cancelled() => {
                 if state.closing.is_cancelled() {
-                    let mut out = socket(&state, &mut sink);
+                    let mut out = socket(&state, &mut sink, &mut sent);
                     out.close(GOING_AWAY, "the gateway is stopping; reconnect to another").await;
                 } else {
                     Metrics::inc(&state.metrics.connections_closed_slow);
@@ -165,7 +166,7 @@ where
                 break;
             }
             _ = tokio::time::sleep_until(check) => {
-                let mut out = socket(&state, &mut sink);
+                let mut out = socket(&state, &mut sink, &mut sent);
                 if pinged {
                     Metrics::inc(&state.metrics.connections_closed_idle);
                     let reason = format!("idle for {} s", limits.idle_timeout.as_secs());
@@ -178,7 +179,7 @@ where
             owed = reach.next() => {
                 // The connection holds a sender, so its queue never closes.
                 let Some(owed) = owed else { break };
-                let mut out = socket(&state, &mut sink);
+                let mut out = socket(&state, &mut sink, &mut sent);
                 open = Box::pin(dispatch(&state, &mut out, owed)).await;
             }
             incoming = stream.next() => {
@@ -199,7 +200,7 @@ where
                     Some(Err(e)) => {
                         if e.too_big() {
                             let reason = format!("a frame is over {} bytes", limits.transport_bytes);
-                            socket(&state, &mut sink).close(TOO_BIG, &reason).await;
+                            socket(&state, &mut sink, &mut sent).close(TOO_BIG, &reason).await;
                         } else {
                             tracing::debug!(error = %e, "websocket read failed");
                         }
@@ -207,7 +208,7 @@ where
                     }
                 };
                 for reply in replies {
-                    let mut out = socket(&state, &mut sink);
+                    let mut out = socket(&state, &mut sink, &mut sent);
                     open = Box::pin(dispatch(&state, &mut out, reply)).await;
                     if !open {
                         break;
@@ -222,9 +223,12 @@ where
 }
 
 /// The connection's sending half as a [`Writer`].
-fn socket<'a, S>(state: &'a AppState, sink: &'a mut S) -> Socket<'a, S> {
-    Socket { state, sink }
+fn socket<'a, S>(state: &'a AppState, sink: &'a mut S, sent: &'a mut SentHere) -> Socket<'a, S> {
+    Socket { state, sink, sent }
 }
+
+/// The jobs whose outcome this connection was sent; made on the first.
+type SentHere = Option<Box<std::collections::HashSet<crawler_core::model::JobId>>>;
 
 /// Welcomes the client and, when it comes back, sends what it is owed;
 /// false once the connection is broken.
@@ -233,17 +237,18 @@ async fn greet<S: Sink<Message> + Unpin + Send>(
     client: &Client,
     sink: &mut S,
     reach: &mut Reachable,
+    sent: &mut SentHere,
 ) -> bool {
     let welcome = ServerMessage::Welcome {
         client_id: client.id.clone(),
         gateway: state.gateway_key.clone(),
     };
-    if !socket(state, sink).write(welcome).await {
+    if !socket(state, sink, sent).write(welcome).await {
         return false;
     }
     if client.returning {
         for owed in requests::owed_to(state, &client.id, reach).await {
-            if !dispatch(state, &mut socket(state, sink), owed).await {
+            if !dispatch(state, &mut socket(state, sink, sent), owed).await {
                 return false;
             }
         }
@@ -309,6 +314,7 @@ async fn handle_text(
 struct Socket<'a, S> {
     state: &'a AppState,
     sink: &'a mut S,
+    sent: &'a mut SentHere,
 }
 
 impl<S: Sink<Message> + Unpin + Send> Socket<'_, S> {
@@ -350,6 +356,14 @@ impl<S: Sink<Message> + Unpin + Send> Writer for Socket<'_, S> {
         }
         self.send(Message::Text(Utf8Bytes::from(message.to_json())))
             .await
+    }
+
+    fn sent_before(&self, job: &crawler_core::model::JobId) -> bool {
+        self.sent.as_ref().is_some_and(|sent| sent.contains(job))
+    }
+
+    fn note_sent(&mut self, job: crawler_core::model::JobId) {
+        self.sent.get_or_insert_with(Default::default).insert(job);
     }
 }
 
