@@ -97,7 +97,7 @@ impl Report {
     /// The table row of a run.
     pub fn row(&self, label: &str) -> String {
         format!(
-            "{label:<46} {:>9} {:>8} {:>4} {:>10} {:>6} {:>8} {:>10} {:>8.0} {:>8.0}",
+            "{label:<56} {:>9} {:>8} {:>4} {:>10} {:>6} {:>8} {:>10} {:>8.0} {:>8.0}",
             self.submitted,
             self.accepted,
             self.lost,
@@ -112,7 +112,7 @@ impl Report {
 
     pub fn header() -> String {
         format!(
-            "{:<46} {:>9} {:>8} {:>4} {:>10} {:>6} {:>8} {:>10} {:>8} {:>8}",
+            "{:<56} {:>9} {:>8} {:>4} {:>10} {:>6} {:>8} {:>10} {:>8} {:>8}",
             "run",
             "submitted",
             "accepted",

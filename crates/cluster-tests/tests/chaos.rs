@@ -156,13 +156,13 @@ async fn chaos_a_worker_black_holed_and_healed() {
     .await;
     cluster.masters[0].wait_for_log("worker connected", 2).await;
     let site = site().await;
-    // Long enough for three cycles of cut, detection and heal.
-    let work = workload(&site, 4, 40);
+    // Long enough for ten cycles of cut, detection and heal.
+    let work = workload(&site, 4, 130);
     let gws = gateways(&cluster);
     let reference = reference(&work, &gws, "worker black hole").await;
     let run = start(&work, gws, "worker-blackhole");
     let master = &cluster.masters[0];
-    for _ in 0..3 {
+    for _ in 0..10 {
         // Strike while the worker is connected and the run is crawling.
         let (started, gone) = (
             master.count_log("crawl started"),
@@ -176,11 +176,11 @@ async fn chaos_a_worker_black_holed_and_healed() {
         logged_more(master, "worker connected worker_id=worker-7", connected, 1).await;
     }
     verdict(
-        "a worker black-holed and healed, 3 times",
+        "a worker black-holed and healed, 10 times",
         &reference,
         &finish(run).await,
     );
-    assert!(cut_off.count_log("registered with master") >= 4);
+    assert!(cut_off.count_log("registered with master") >= 11);
     cluster.cleanup().await;
 }
 
