@@ -23,7 +23,15 @@ bench:
     cd bench/spider-peer-lean && cargo build --release
     cargo bench -p cluster-tests --bench pipeline
     cargo bench -p cluster-tests --bench takeover
+    cargo bench -p cluster-tests --bench gateway_memory
+    cargo bench -p cluster-tests --bench cache_hits
     cargo bench -p file-sync --bench sync_bench
+
+# The chaos soak: 1,000 jobs while services are killed every 5 s and each
+# engine restarts once (docs/chaos.md). The services' logs go to target/chaos-soak.log.
+chaos *args:
+    cargo build --release --workspace --bins
+    target/release/chaos-soak {{args}} 2> target/chaos-soak.log
 
 # Coverage-guided fuzzing of the frame parser, URL normaliser and link
 # extractor (cargo-afl); 10 million executions each unless told otherwise.

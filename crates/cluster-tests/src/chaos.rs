@@ -34,6 +34,8 @@ pub struct Workload {
     pub depth: u32,
     /// How long after its last submit a client waits for its outcomes.
     pub patience: Duration,
+    /// Client `c` starts on gateway `c mod n` rather than all on the first.
+    pub spread: bool,
 }
 
 /// One job's history.
@@ -126,6 +128,11 @@ impl Report {
         )
     }
 
+    /// Nothing lost, duplicated or failed, and every job accepted.
+    pub fn is_clean(&self) -> bool {
+        (self.lost, self.duplicated, self.failed) == (0, 0, 0) && self.accepted == self.submitted
+    }
+
     /// Panics unless nothing was lost, duplicated or failed.
     pub fn assert_clean(&self, label: &str) {
         assert_eq!(
@@ -143,13 +150,17 @@ impl Report {
 }
 
 /// Runs `workload` against `gateways` (every client starts on the first,
-/// and moves to the next when its connection drops) and returns every
+/// or on its own when the workload is spread, and moves to the next when
+/// its connection drops) and returns every
 /// job's history and the reconnects made.
 pub async fn run(workload: &Workload, gateways: &[String], tag: &str) -> (Vec<JobHistory>, usize) {
     let tasks: Vec<_> = (0..workload.clients)
         .map(|c| {
             let workload = workload.clone();
-            let order = gateways.to_vec();
+            let mut order = gateways.to_vec();
+            if workload.spread {
+                order.rotate_left(c % gateways.len());
+            }
             let tag = format!("{tag}-c{c}");
             tokio::spawn(async move { client(workload, order, tag).await })
         })

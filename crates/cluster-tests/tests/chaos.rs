@@ -22,6 +22,7 @@ fn workload(site: &TestSite, clients: usize, jobs: usize) -> Workload {
         url: site.url("/"),
         depth: 1,
         patience: Duration::from_secs(90),
+        spread: false,
     }
 }
 

@@ -51,8 +51,9 @@ pub struct MasterConfig {
     /// (frozen, or cut off without a reset); its batches go to others.
     #[arg(long, env = "MASTER__WORKER_KEEPALIVE_SECS", default_value_t = 5)]
     pub worker_keepalive_secs: u64,
-    /// A batch a worker has not answered in this many seconds is sent to
-    /// another worker too (the first answer counts).
+    /// A batch a worker has not answered in this many seconds is queued
+    /// again for another worker; the crawl keeps the first answer that
+    /// reaches it.
     #[arg(long, env = "MASTER__BATCH_DEADLINE_SECS", default_value_t = 60)]
     pub batch_deadline_secs: u64,
     /// How long finished crawls stay in the cache, in seconds.
