@@ -4,7 +4,9 @@
 //! counts what the fault model promises never happens:
 //!
 //! - **lost**: accepted, but no result ever delivered to its client;
-//! - **duplicated**: more than one result for one client and job id;
+//! - **duplicated**: more answers for one client and job id than it sent
+//!   requests (each submit earns one answer: the result, or a refusal);
+//!   one submit and two results is a result delivered twice;
 //! - **failed**: ended with an error other than a refusal to accept.
 //!
 //! A client behaves as a careful real one: when its connection drops it
@@ -87,7 +89,10 @@ impl Report {
                 .iter()
                 .filter(|h| h.accepted && h.results == 0 && h.errors.is_empty())
                 .count(),
-            duplicated: histories.iter().filter(|h| h.results > 1).count(),
+            duplicated: histories
+                .iter()
+                .filter(|h| h.results + h.refusals > h.sent)
+                .count(),
             failed: histories.iter().filter(|h| !h.errors.is_empty()).count(),
             refusals: histories.iter().map(|h| h.refusals).sum(),
             reconnects,

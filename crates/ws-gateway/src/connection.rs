@@ -140,8 +140,7 @@ where
     let _slot = slot;
     let mut reach = Reachable::new(&state.closing);
     let mut submits: Option<Box<DefaultDirectRateLimiter>> = None;
-    let mut sent: SentHere = None;
-    let mut open = Box::pin(greet(&state, &client, &mut sink, &mut reach, &mut sent)).await;
+    let mut open = Box::pin(greet(&state, &client, &mut sink, &mut reach)).await;
     let mut heard = Instant::now();
     let mut pinged = false;
     while open {
@@ -158,7 +157,7 @@ where
         tokio::select! {
             _ = stop.cancelled() => {
                 if state.closing.is_cancelled() {
-                    let mut out = socket(&state, &mut sink, &mut sent);
+                    let mut out = socket(&state, &mut sink);
                     out.close(GOING_AWAY, "the gateway is stopping; reconnect to another").await;
                 } else {
                     Metrics::inc(&state.metrics.connections_closed_slow);
@@ -166,7 +165,7 @@ where
                 break;
             }
             _ = tokio::time::sleep_until(check) => {
-                let mut out = socket(&state, &mut sink, &mut sent);
+                let mut out = socket(&state, &mut sink);
                 if pinged {
                     Metrics::inc(&state.metrics.connections_closed_idle);
                     let reason = format!("idle for {} s", limits.idle_timeout.as_secs());
@@ -179,7 +178,7 @@ where
             owed = reach.next() => {
                 // The connection holds a sender, so its queue never closes.
                 let Some(owed) = owed else { break };
-                let mut out = socket(&state, &mut sink, &mut sent);
+                let mut out = socket(&state, &mut sink);
                 open = Box::pin(dispatch(&state, &mut out, owed)).await;
             }
             incoming = stream.next() => {
@@ -200,7 +199,7 @@ where
                     Some(Err(e)) => {
                         if e.too_big() {
                             let reason = format!("a frame is over {} bytes", limits.transport_bytes);
-                            socket(&state, &mut sink, &mut sent).close(TOO_BIG, &reason).await;
+                            socket(&state, &mut sink).close(TOO_BIG, &reason).await;
                         } else {
                             tracing::debug!(error = %e, "websocket read failed");
                         }
@@ -208,7 +207,7 @@ where
                     }
                 };
                 for reply in replies {
-                    let mut out = socket(&state, &mut sink, &mut sent);
+                    let mut out = socket(&state, &mut sink);
                     open = Box::pin(dispatch(&state, &mut out, reply)).await;
                     if !open {
                         break;
@@ -223,12 +222,9 @@ where
 }
 
 /// The connection's sending half as a [`Writer`].
-fn socket<'a, S>(state: &'a AppState, sink: &'a mut S, sent: &'a mut SentHere) -> Socket<'a, S> {
-    Socket { state, sink, sent }
+fn socket<'a, S>(state: &'a AppState, sink: &'a mut S) -> Socket<'a, S> {
+    Socket { state, sink }
 }
-
-/// The jobs whose outcome this connection was sent; made on the first.
-type SentHere = Option<Box<std::collections::HashSet<crawler_core::model::JobId>>>;
 
 /// Welcomes the client and, when it comes back, sends what it is owed;
 /// false once the connection is broken.
@@ -237,18 +233,17 @@ async fn greet<S: Sink<Message> + Unpin + Send>(
     client: &Client,
     sink: &mut S,
     reach: &mut Reachable,
-    sent: &mut SentHere,
 ) -> bool {
     let welcome = ServerMessage::Welcome {
         client_id: client.id.clone(),
         gateway: state.gateway_key.clone(),
     };
-    if !socket(state, sink, sent).write(welcome).await {
+    if !socket(state, sink).write(welcome).await {
         return false;
     }
     if client.returning {
         for owed in requests::owed_to(state, &client.id, reach).await {
-            if !dispatch(state, &mut socket(state, sink, sent), owed).await {
+            if !dispatch(state, &mut socket(state, sink), owed).await {
                 return false;
             }
         }
@@ -314,7 +309,6 @@ async fn handle_text(
 struct Socket<'a, S> {
     state: &'a AppState,
     sink: &'a mut S,
-    sent: &'a mut SentHere,
 }
 
 impl<S: Sink<Message> + Unpin + Send> Socket<'_, S> {
@@ -356,14 +350,6 @@ impl<S: Sink<Message> + Unpin + Send> Writer for Socket<'_, S> {
         }
         self.send(Message::Text(Utf8Bytes::from(message.to_json())))
             .await
-    }
-
-    fn sent_before(&self, job: &crawler_core::model::JobId) -> bool {
-        self.sent.as_ref().is_some_and(|sent| sent.contains(job))
-    }
-
-    fn note_sent(&mut self, job: crawler_core::model::JobId) {
-        self.sent.get_or_insert_with(Default::default).insert(job);
     }
 }
 

@@ -10,7 +10,7 @@
 //! gateway nor any message holds a large crawl whole.
 
 use crawler_core::ErrorCode;
-use crawler_core::model::{CrawlResult, JobId, JobRecord, JobState, PageFacts};
+use crawler_core::model::{CrawlResult, JobRecord, JobState, PageFacts};
 use crawler_core::ports::PageQuery;
 use crawler_core::protocol::ServerMessage;
 
@@ -63,12 +63,6 @@ pub enum Duty {
 pub trait Writer {
     /// False once the connection is broken.
     fn write(&mut self, message: ServerMessage) -> impl Future<Output = bool> + Send;
-    /// This connection was sent the outcome of `job` already (pushed when
-    /// the client came back, say): a resubmit or `status` on it is not
-    /// answered with the outcome again.
-    fn sent_before(&self, job: &JobId) -> bool;
-    /// Notes that this connection was sent the outcome of `job`.
-    fn note_sent(&mut self, job: JobId);
 }
 
 /// How sending an outcome went.
@@ -84,9 +78,6 @@ enum Sent {
 /// connection is broken.
 pub async fn deliver<W: Writer>(state: &AppState, out: &mut W, outcome: Box<Outcome>) -> bool {
     let job_id = outcome.record.spec.job_id.clone();
-    if out.sent_before(&job_id) {
-        return true;
-    }
     let claimed = match outcome.duty {
         Duty::Claimed => true,
         Duty::Push | Duty::Answer => match state.engines.store.claim_delivery(&job_id).await {
@@ -102,9 +93,6 @@ pub async fn deliver<W: Writer>(state: &AppState, out: &mut W, outcome: Box<Outc
         return true; // delivered elsewhere
     }
     let sent = send_outcome(state, out, *outcome).await;
-    if matches!(sent, Sent::Whole) {
-        out.note_sent(job_id.clone());
-    }
     if !matches!(sent, Sent::Whole)
         && claimed
         && let Err(e) = state.engines.store.unclaim_delivery(&job_id).await
