@@ -61,6 +61,14 @@ impl WsClient {
             .expect("send a text frame");
     }
 
+    /// Sends a frame the gateway may refuse while it is still being
+    /// written (one over the transport limit): the gateway closes with a
+    /// reason and stops reading, so the write may fail with a reset after
+    /// the close frame has arrived. False when the write failed.
+    pub async fn try_send_text(&mut self, text: impl Into<String>) -> bool {
+        self.socket.send(Message::text(text.into())).await.is_ok()
+    }
+
     pub async fn send_json(&mut self, value: &Value) {
         self.send_text(value.to_string()).await;
     }
