@@ -1,5 +1,5 @@
 //! One conformance suite per port, run against every implementation: the
-//! RabbitMQ and in-process queues, the Redis and in-process caches, the
+//! RabbitMQ and in-process queues, the Redis and in-process caches and host gates, the
 //! Postgres and SQLite stores and their leader elections. Passing the same suite is what makes the
 //! embedded default a faithful stand-in for the cluster engines.
 //!
@@ -18,6 +18,7 @@
 
 pub mod cache;
 pub mod election;
+pub mod gate;
 pub mod queue;
 pub mod store;
 

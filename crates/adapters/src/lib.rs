@@ -9,11 +9,13 @@
 mod args;
 pub mod conformance;
 mod memory_cache;
+mod memory_gate;
 mod memory_queue;
 mod postgres_store;
 mod queue_settings;
 mod rabbit;
 mod redis_cache;
+mod redis_gate;
 mod sql_store;
 mod sqlite_store;
 
@@ -23,11 +25,13 @@ use crawler_core::ports::{AdapterResult, Engines};
 
 pub use args::{MessagingArgs, StoreArgs};
 pub use memory_cache::MemoryCache;
+pub use memory_gate::MemoryHostGate;
 pub use memory_queue::MemoryQueue;
 pub use postgres_store::PgStore;
 pub use queue_settings::QueueSettings;
 pub use rabbit::{RabbitQueue, RabbitSettings};
 pub use redis_cache::RedisCache;
+pub use redis_gate::RedisHostGate;
 pub use sql_store::{Dialect, SqlStore};
 pub use sqlite_store::SqliteStore;
 

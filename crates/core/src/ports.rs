@@ -138,6 +138,40 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn ping(&self) -> AdapterResult<()>;
 }
 
+// ---------------------------------------------------------------- politeness
+
+/// The limits a host is crawled within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLimits {
+    /// Fetches on the host at once, across the cluster.
+    pub concurrency: u32,
+    /// Least time between the starts of two fetches on the host.
+    pub delay: Duration,
+    /// How long a slot is held at most: a worker that dies holding one
+    /// frees it after this.
+    pub lease: Duration,
+}
+
+/// Per-host politeness shared by every worker that uses the same gate: at
+/// most `concurrency` fetches at once on one host, starting at least
+/// `delay` apart, and nothing while the host asked us to pause.
+#[async_trait]
+pub trait HostGate: Send + Sync + 'static {
+    /// Takes a slot on `host` for `ticket` (unique per fetch) if one is free
+    /// now; otherwise says how long to wait before asking again.
+    async fn try_enter(
+        &self,
+        host: &str,
+        ticket: &str,
+        limits: HostLimits,
+    ) -> AdapterResult<Option<Duration>>;
+    /// Gives `ticket`'s slot back.
+    async fn leave(&self, host: &str, ticket: &str) -> AdapterResult<()>;
+    /// The host asked for a pause (429 or 503 with `Retry-After`): nothing
+    /// starts on it for `pause`.
+    async fn pause(&self, host: &str, pause: Duration) -> AdapterResult<()>;
+}
+
 // ---------------------------------------------------------------- cache
 
 #[async_trait]
