@@ -202,6 +202,7 @@ async fn client(
                 allowed_hosts: Vec::new(),
                 include_subdomains: false,
                 spider: None,
+                respect_robots: true,
             }
         })
         .collect();

@@ -421,7 +421,15 @@ impl Cluster {
             .iter()
             .map(|m| format!("http://{}", m.addr()))
             .collect();
-        let worker_args: Vec<&str> = spec.worker_args.iter().map(String::as_str).collect();
+        // Workers share the cluster's host gate, as in a deployment.
+        let mut all_worker_args = vec![
+            s("--host-gate"),
+            engines.redis.clone(),
+            s("--namespace"),
+            namespace.clone(),
+        ];
+        all_worker_args.extend(spec.worker_args.iter().cloned());
+        let worker_args: Vec<&str> = all_worker_args.iter().map(String::as_str).collect();
         let mut worker_services = Vec::new();
         for i in 0..spec.workers {
             worker_services.push(start_worker(i, &master_urls, &worker_args).await);
@@ -478,7 +486,7 @@ impl Cluster {
             lock_args: spec.lock_args,
             master_restart_args,
             gateway_restart_args,
-            worker_args: spec.worker_args,
+            worker_args: all_worker_args,
         };
         cluster.wait_until_ready().await;
         cluster
@@ -524,14 +532,17 @@ impl Cluster {
         self.workers[i] = start_worker(i, &master_urls, &args).await;
     }
 
-    /// Starts one more worker of every master.
+    /// Starts one more worker of every master, on the cluster's host gate.
     pub async fn add_worker(&mut self, worker_args: &[&str]) {
         let master_urls: Vec<String> = self
             .masters
             .iter()
             .map(|m| format!("http://{}", m.addr()))
             .collect();
-        let worker = start_worker(self.workers.len() + 100, &master_urls, worker_args).await;
+        let redis = self.engines.redis.clone();
+        let mut args = vec!["--host-gate", &redis, "--namespace", &self.namespace];
+        args.extend(worker_args);
+        let worker = start_worker(self.workers.len() + 100, &master_urls, &args).await;
         self.workers.push(worker);
     }
 

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{OriginalUri, State};
@@ -23,6 +23,17 @@ pub struct SitePlan {
     gated_depth: Option<u32>,
     /// Every page takes this long to answer.
     delay: Duration,
+    /// The body of `/robots.txt`, or its status when it has none.
+    robots: Robots,
+    /// Paths whose first request is answered 429 with this `Retry-After`.
+    throttled: BTreeMap<String, u64>,
+}
+
+/// How the site answers `/robots.txt`.
+#[derive(Debug, Clone)]
+enum Robots {
+    Status(u16),
+    Body(String),
 }
 
 impl SitePlan {
@@ -46,6 +57,8 @@ impl SitePlan {
             pages,
             gated_depth: None,
             delay: Duration::ZERO,
+            robots: Robots::Status(404),
+            throttled: BTreeMap::new(),
         }
     }
 
@@ -64,6 +77,8 @@ impl SitePlan {
             pages,
             gated_depth: None,
             delay: Duration::ZERO,
+            robots: Robots::Status(404),
+            throttled: BTreeMap::new(),
         }
     }
 
@@ -71,6 +86,24 @@ impl SitePlan {
     /// a fault to land in its middle.
     pub fn slow(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+
+    /// `/robots.txt` answers 200 with `body`.
+    pub fn robots(mut self, body: &str) -> Self {
+        self.robots = Robots::Body(body.to_string());
+        self
+    }
+
+    /// `/robots.txt` answers `status` with no rules.
+    pub fn robots_status(mut self, status: u16) -> Self {
+        self.robots = Robots::Status(status);
+        self
+    }
+
+    /// The first request for `path` is answered 429 with `Retry-After: secs`.
+    pub fn throttle(mut self, path: &str, secs: u64) -> Self {
+        self.throttled.insert(path.to_string(), secs);
         self
     }
 
@@ -93,6 +126,8 @@ impl SitePlan {
 struct Shared {
     plan: SitePlan,
     hits: Mutex<HashMap<String, usize>>,
+    /// Every request's path and when it arrived, in order.
+    arrivals: Mutex<Vec<(Instant, String)>>,
     gate: watch::Receiver<bool>,
     gated_arrivals: Mutex<usize>,
     arrived: Notify,
@@ -120,6 +155,7 @@ impl TestSite {
         let shared = Arc::new(Shared {
             plan,
             hits: Mutex::default(),
+            arrivals: Mutex::default(),
             gate: gate_rx,
             gated_arrivals: Mutex::new(0),
             arrived: Notify::new(),
@@ -142,6 +178,11 @@ impl TestSite {
             .get(path)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Every request so far: when it arrived and its path, in order.
+    pub fn arrivals(&self) -> Vec<(Instant, String)> {
+        self.shared.arrivals.lock().expect("arrivals").clone()
     }
 
     /// The levels a crawl from `/` to `depth` must return.
@@ -189,12 +230,34 @@ impl TestSite {
 
 async fn page(State(site): State<Arc<Shared>>, OriginalUri(uri): OriginalUri) -> Response {
     let path = uri.path().to_string();
-    *site
-        .hits
+    site.arrivals
         .lock()
-        .expect("hits")
-        .entry(path.clone())
-        .or_default() += 1;
+        .expect("arrivals")
+        .push((Instant::now(), path.clone()));
+    let hits = {
+        let mut hits = site.hits.lock().expect("hits");
+        let hits = hits.entry(path.clone()).or_default();
+        *hits += 1;
+        *hits
+    };
+    if path == "/robots.txt" {
+        return match &site.plan.robots {
+            Robots::Body(body) => body.clone().into_response(),
+            Robots::Status(status) => {
+                (StatusCode::from_u16(*status).expect("a status"), "").into_response()
+            }
+        };
+    }
+    if let Some(secs) = site.plan.throttled.get(&path)
+        && hits == 1
+    {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(axum::http::header::RETRY_AFTER, secs.to_string())],
+            "slow down",
+        )
+            .into_response();
+    }
     let Some((depth, links)) = site.plan.pages.get(&path).cloned() else {
         return (StatusCode::NOT_FOUND, "no such page").into_response();
     };

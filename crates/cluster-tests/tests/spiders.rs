@@ -84,8 +84,9 @@ async fn a_job_naming_a_spider_runs_under_its_rules_after_the_workers_synced_it(
         json!({"heading": []})
     );
     let agents = site.user_agents.lock().unwrap().clone();
-    // Five pages, one of them a redirect: six requests, all with the spider's agent.
-    assert_eq!(agents.len(), 6);
+    // robots.txt, then five pages, one of them a redirect: seven requests,
+    // all with the spider's agent.
+    assert_eq!(agents.len(), 7);
     assert!(agents.iter().all(|a| a == "SampleBot/2.0"), "{agents:?}");
     // The worker mirrored the whole spider folder, nested files included.
     assert_eq!(

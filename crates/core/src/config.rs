@@ -65,6 +65,17 @@ pub fn redacted_url<S: serde::Serializer>(url: &str, serializer: S) -> Result<S:
     serializer.serialize_str(&redact_url(url))
 }
 
+/// Serialises an optional URL with its password hidden.
+pub fn redacted_optional_url<S: serde::Serializer>(
+    url: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => serializer.serialize_some(&redact_url(url)),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// Serialises a list of URLs with their passwords hidden.
 pub fn redacted_urls<S: serde::Serializer>(
     urls: &[String],

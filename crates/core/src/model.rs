@@ -22,7 +22,7 @@ impl std::fmt::Display for JobId {
 }
 
 /// How far a crawl may wander and how much it may fetch.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CrawlOptions {
     /// Hosts in scope besides the start URL's own host, lowercased and sorted.
@@ -36,6 +36,25 @@ pub struct CrawlOptions {
     /// Spider whose rules apply, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spider: Option<String>,
+    /// Pages robots.txt disallows are not fetched (the default).
+    #[serde(default = "yes")]
+    pub respect_robots: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for CrawlOptions {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            include_subdomains: false,
+            max_pages: 0,
+            spider: None,
+            respect_robots: true,
+        }
+    }
 }
 
 /// A crawl job as accepted by a gateway.
@@ -70,6 +89,9 @@ pub struct PageFacts {
     /// Why the fetch failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why the page was not fetched on purpose (robots.txt disallows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

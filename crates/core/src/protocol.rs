@@ -30,6 +30,8 @@ pub struct Submit {
     pub include_subdomains: bool,
     pub max_pages: u32,
     pub spider: Option<String>,
+    /// robots.txt is asked before each page (true unless the client says).
+    pub respect_robots: bool,
 }
 
 /// A submit as a client writes it: what [`parse_client_message`] reads back
@@ -49,6 +51,9 @@ pub struct SubmitRequest {
     pub include_subdomains: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spider: Option<String>,
+    /// Left out when true, the gateway's default.
+    #[serde(skip_serializing_if = "is_true")]
+    pub respect_robots: bool,
 }
 
 /// A `status` request as a client writes it.
@@ -217,6 +222,11 @@ fn parse_submit(
             ));
         }
     };
+    let respect_robots = match obj.get("respectRobots") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(wrong_type("respectRobots", "a boolean")),
+    };
     Ok(ClientMessage::Submit(Submit {
         job_id,
         url,
@@ -225,7 +235,12 @@ fn parse_submit(
         include_subdomains,
         max_pages,
         spider,
+        respect_robots,
     }))
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Spider names become folder names, so only a safe alphabet is accepted.
@@ -532,6 +547,7 @@ mod tests {
             allowed_hosts: vec!["b.example".into()],
             include_subdomains: true,
             spider: Some("news".into()),
+            respect_robots: false,
         };
         let ClientMessage::Submit(parsed) = parse(&request.to_json()).unwrap() else {
             panic!("not a submit");
@@ -546,6 +562,7 @@ mod tests {
                 include_subdomains: true,
                 max_pages: 7,
                 spider: Some("news".into()),
+                respect_robots: false,
             }
         );
         let bare = SubmitRequest {
@@ -553,6 +570,7 @@ mod tests {
             allowed_hosts: Vec::new(),
             include_subdomains: false,
             spider: None,
+            respect_robots: true,
             ..request
         };
         assert_eq!(

@@ -137,6 +137,10 @@ pub fn cache_key(url: &str, options: &CrawlOptions) -> String {
     hasher.update(options.max_pages.to_string().as_bytes());
     hasher.update(b"\n");
     hasher.update(options.spider.as_deref().unwrap_or("").as_bytes());
+    // A crawl that ignored robots.txt may hold pages a polite one refused.
+    if !options.respect_robots {
+        hasher.update(b"\nrobots ignored");
+    }
     let digest = hasher.finalize();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("crawl:{hex}")
@@ -243,7 +247,18 @@ mod tests {
         };
         assert_eq!(cache_key("http://x/", &a), cache_key("http://x/", &b));
         assert_ne!(cache_key("http://x/", &a), cache_key("http://y/", &a));
-        let c = CrawlOptions { max_pages: 11, ..b };
+        let c = CrawlOptions {
+            max_pages: 11,
+            ..b.clone()
+        };
         assert_ne!(cache_key("http://x/", &a), cache_key("http://x/", &c));
+        let impolite = CrawlOptions {
+            respect_robots: false,
+            ..b
+        };
+        assert_ne!(
+            cache_key("http://x/", &a),
+            cache_key("http://x/", &impolite)
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! the same gRPC and queue code paths as in a cluster.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use ipnet::IpNet;
@@ -66,11 +67,14 @@ impl EmbeddedCluster {
         let master_stats = master.stats();
         tasks.spawn(master.run_until_stopped(shutdown.clone()));
 
+        // The workers share one host gate, so per-host limits hold across them.
+        let host_gate = Arc::new(crawler_adapters::MemoryHostGate::new());
         for _ in 0..options.workers.max(1) {
             let worker = Worker::build(WorkerConfig::for_masters(
                 vec![master_url.clone()],
                 options.allow_network.clone(),
-            ))?;
+            ))?
+            .with_host_gate(host_gate.clone());
             let token = shutdown.clone();
             tasks.spawn(async move {
                 worker.run_until_stopped(token).await;

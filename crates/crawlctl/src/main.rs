@@ -52,6 +52,9 @@ enum Command {
         /// Spider whose rules apply (needs a cluster whose workers reach file-sync).
         #[arg(long)]
         spider: Option<String>,
+        /// Fetch pages robots.txt disallows (workers whose operator forces robots.txt refuse them still).
+        #[arg(long)]
+        ignore_robots: bool,
     },
     /// Publish, list and fetch spiders on a file-sync server.
     Spider {
@@ -123,6 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             include_subdomains,
             job_id,
             spider,
+            ignore_robots,
         } => {
             let request = SubmitRequest {
                 job_id: job_id.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4().simple())),
@@ -132,6 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 allowed_hosts,
                 include_subdomains,
                 spider,
+                respect_robots: !ignore_robots,
             };
             match gateway {
                 Some(ws_url) => crawl_and_print(&ws_url, &request, json).await,
@@ -169,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 allowed_hosts: Vec::new(),
                 include_subdomains: false,
                 spider: None,
+                respect_robots: true,
             };
             let outcome = crawl_and_print(&cluster.ws_url(), &request, json).await;
             cluster.stop().await;

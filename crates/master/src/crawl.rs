@@ -15,7 +15,7 @@
 //! them exactly as it found it the first time, so its result is the one an
 //! undisturbed crawl gives.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -336,15 +336,15 @@ impl Crawl<'_> {
     ) -> Result<Level, CrawlError> {
         let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
         let mut waiting: HashMap<u64, Vec<String>> = HashMap::new();
-        for chunk in urls.chunks(self.batch_size.max(1)) {
+        for batch in batches_by_host(&urls, self.batch_size) {
             let id = self.pool.dispatch(
                 &self.spec.job_id.0,
                 depth,
-                chunk.to_vec(),
+                batch.clone(),
                 options.clone(),
                 reply_tx.clone(),
             );
-            waiting.insert(id, chunk.to_vec());
+            waiting.insert(id, batch);
         }
         drop(urls);
         let mut level = Level::default();
@@ -408,6 +408,45 @@ impl Crawl<'_> {
     }
 }
 
+/// A level's URLs in batches of one host each, the hosts taking turns:
+/// hosts progress in parallel, a slow or paused host holds up only its own
+/// batches, and a worker's per-host limits see one host per batch.
+fn batches_by_host(urls: &[String], size: usize) -> Vec<Vec<String>> {
+    let mut hosts: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for url in urls {
+        hosts.entry(authority(url)).or_default().push(url.clone());
+    }
+    let mut chunks: Vec<std::vec::IntoIter<Vec<String>>> = hosts
+        .into_values()
+        .map(|urls| {
+            urls.chunks(size.max(1))
+                .map(<[String]>::to_vec)
+                .collect::<Vec<_>>()
+                .into_iter()
+        })
+        .collect();
+    let mut batches = Vec::new();
+    while !chunks.is_empty() {
+        chunks.retain_mut(|host| match host.next() {
+            Some(batch) => {
+                batches.push(batch);
+                true
+            }
+            None => false,
+        });
+    }
+    batches
+}
+
+/// `scheme://host:port` of a URL, as written.
+fn authority(url: &str) -> &str {
+    let rest = url.find("://").map_or(0, |i| i + 3);
+    let end = url[rest..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| rest + i);
+    &url[..end]
+}
+
 /// What fetching one level found.
 #[derive(Default)]
 struct Level {
@@ -437,6 +476,34 @@ mod tests {
             &Url::parse("http://a.test/").unwrap(),
             &CrawlOptions::default(),
         )
+    }
+
+    #[test]
+    fn a_level_is_batched_by_host_with_the_hosts_taking_turns() {
+        let urls: Vec<String> = [
+            "http://a.test/1",
+            "http://a.test/2",
+            "http://a.test/3",
+            "http://a.test.evil/1",
+            "http://a.test:81/1",
+            "https://a.test/1",
+            "http://b.test/1",
+        ]
+        .map(String::from)
+        .to_vec();
+        let batches = batches_by_host(&urls, 2);
+        let hosts: Vec<Vec<&str>> = batches
+            .iter()
+            .map(|b| b.iter().map(|u| authority(u)).collect())
+            .collect();
+        assert!(
+            hosts.iter().all(|h| h.iter().all(|a| *a == h[0])),
+            "{hosts:?}"
+        );
+        assert_eq!(batches.concat().len(), urls.len());
+        // Every host's first batch goes before any host's second.
+        assert_eq!(batches.len(), 6);
+        assert_eq!(batches[5], ["http://a.test/3"]);
     }
 
     #[test]

@@ -17,6 +17,7 @@ impl From<&CrawlOptions> for v1::CrawlOptions {
             include_subdomains: o.include_subdomains,
             max_pages: o.max_pages,
             spider: o.spider.clone().unwrap_or_default(),
+            ignore_robots: !o.respect_robots,
         }
     }
 }
@@ -28,6 +29,7 @@ impl From<v1::CrawlOptions> for CrawlOptions {
             include_subdomains: o.include_subdomains,
             max_pages: o.max_pages,
             spider: Some(o.spider).filter(|s| !s.is_empty()),
+            respect_robots: !o.ignore_robots,
         }
     }
 }
@@ -71,6 +73,7 @@ impl From<&PageFacts> for v1::PageFacts {
             depth: p.depth,
             status: p.status.map(u32::from),
             error: p.error.clone(),
+            refused: p.refused.clone(),
             title: p.title.clone(),
             content_type: p.content_type.clone(),
             bytes: p.bytes,
@@ -100,6 +103,7 @@ impl From<v1::PageFacts> for PageFacts {
             depth: p.depth,
             status: p.status.and_then(|s| u16::try_from(s).ok()),
             error: p.error,
+            refused: p.refused,
             title: p.title,
             content_type: p.content_type,
             bytes: p.bytes,
@@ -316,6 +320,7 @@ mod tests {
             links: vec!["http://a/b".into()],
             fields: [("h".to_string(), vec!["x".to_string()])].into(),
             error: None,
+            refused: Some("robots.txt disallows this page".into()),
         };
         let back: PageFacts = v1::PageFacts::from(&page).into();
         assert_eq!(back, page);

@@ -9,6 +9,8 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::fetch::FetchConfig;
+use crate::polite::PolitenessSettings;
+use crate::robots::RobotsSettings;
 
 #[derive(Debug, Clone, Parser, Serialize)]
 #[command(
@@ -84,6 +86,39 @@ pub struct WorkerConfig {
     /// Folder spiders are synced into; defaults to a folder per worker id under the system temp dir.
     #[arg(long, env = "WORKER__SPIDER_DIR")]
     pub spider_dir: Option<std::path::PathBuf>,
+    /// Respect robots.txt on every job, even one that asks to ignore it.
+    #[arg(long, env = "WORKER__FORCE_ROBOTS")]
+    pub force_robots: bool,
+    /// Fetches at once on one host, across every worker sharing the host
+    /// gate; 0 for no limit.
+    #[arg(long, env = "WORKER__HOST_CONCURRENCY", default_value_t = 8)]
+    pub host_concurrency: u32,
+    /// Least milliseconds between two fetches' starts on one host; a
+    /// host's robots.txt `Crawl-delay` raises it.
+    #[arg(long, env = "WORKER__HOST_DELAY_MS", default_value_t = 0)]
+    pub host_delay_ms: u64,
+    /// The longest robots.txt `Crawl-delay` honoured, in milliseconds.
+    #[arg(long, env = "WORKER__MAX_CRAWL_DELAY_MS", default_value_t = 5_000)]
+    pub max_crawl_delay_ms: u64,
+    /// The longest `Retry-After` (of a 429 or 503) honoured, in seconds.
+    #[arg(long, env = "WORKER__MAX_RETRY_AFTER_SECS", default_value_t = 60)]
+    pub max_retry_after_secs: u64,
+    /// How long a host's robots.txt is kept, in seconds (at most a day).
+    #[arg(long, env = "WORKER__ROBOTS_TTL_SECS", default_value_t = 3_600)]
+    pub robots_ttl_secs: u64,
+    /// How long an unreachable robots.txt (5xx, 429, no answer) keeps its
+    /// host closed before it is asked again, in seconds.
+    #[arg(long, env = "WORKER__ROBOTS_RETRY_SECS", default_value_t = 60)]
+    pub robots_retry_secs: u64,
+    /// Redis URL of the host gate shared by the cluster's workers (the
+    /// cluster's Redis), so per-host limits hold across all of them;
+    /// without it they hold within this worker.
+    #[arg(long, env = "CRAWLER__REDIS_URL")]
+    #[serde(serialize_with = "crawler_core::config::redacted_optional_url")]
+    pub host_gate: Option<String>,
+    /// Prefix of the host gate's keys; services of one cluster share it.
+    #[arg(long, env = "CRAWLER__NAMESPACE", default_value = "crawler")]
+    pub namespace: String,
     #[command(flatten)]
     pub admin: AdminArgs,
     #[command(flatten)]
@@ -131,6 +166,21 @@ impl WorkerConfig {
             self.register_timeout_secs >= 1,
             "--register-timeout-secs must be at least 1"
         );
+        anyhow::ensure!(
+            (1..=86_400).contains(&self.robots_ttl_secs),
+            "--robots-ttl-secs must be from 1 to 86400 (RFC 9309 keeps robots.txt a day at most)"
+        );
+        anyhow::ensure!(
+            self.robots_retry_secs >= 1,
+            "--robots-retry-secs must be at least 1"
+        );
+        if let Some(gate) = &self.host_gate {
+            anyhow::ensure!(
+                gate.starts_with("redis://") || gate.starts_with("rediss://"),
+                "--host-gate `{}` must be a redis:// or rediss:// URL",
+                crawler_core::config::redact_url(gate)
+            );
+        }
         Ok(())
     }
 
@@ -141,6 +191,22 @@ impl WorkerConfig {
             max_redirects: self.max_redirects,
             max_body_bytes: self.max_body_bytes,
             user_agent: self.user_agent.clone(),
+        }
+    }
+
+    pub fn politeness(&self) -> PolitenessSettings {
+        PolitenessSettings {
+            force_robots: self.force_robots,
+            host_concurrency: self.host_concurrency,
+            host_delay: Duration::from_millis(self.host_delay_ms),
+            max_retry_after: Duration::from_secs(self.max_retry_after_secs),
+            // A slot outlives no fetch: the whole request timeout, and a margin.
+            lease: Duration::from_millis(self.request_timeout_ms) + Duration::from_secs(5),
+            robots: RobotsSettings {
+                ttl: Duration::from_secs(self.robots_ttl_secs),
+                retry_unreachable: Duration::from_secs(self.robots_retry_secs),
+                max_crawl_delay: Duration::from_millis(self.max_crawl_delay_ms),
+            },
         }
     }
 

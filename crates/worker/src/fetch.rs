@@ -36,10 +36,33 @@ impl Default for FetchConfig {
     }
 }
 
+/// robots.txt bodies are read up to this (RFC 9309 asks for at least 500 KiB).
+const ROBOTS_BODY_CAP: usize = 512 * 1024;
+
+/// What asking for robots.txt gave.
+#[derive(Debug)]
+pub enum RobotsAnswer {
+    /// A 2xx answer's body, cut at [`ROBOTS_BODY_CAP`].
+    Body(Vec<u8>),
+    /// Any other status, after redirects.
+    Status(u16),
+    /// No answer: the reason.
+    Failed(String),
+}
+
+/// A page's facts, and how long its host asked us to wait (a 429 or 503
+/// with `Retry-After`).
+#[derive(Debug)]
+pub struct Fetched {
+    pub facts: PageFacts,
+    pub retry_after: Option<Duration>,
+}
+
 pub struct Fetcher {
     client: reqwest::Client,
     policy: Arc<NetworkPolicy>,
     max_body_bytes: u64,
+    user_agent: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,12 +91,23 @@ impl Fetcher {
             client,
             policy,
             max_body_bytes: config.max_body_bytes,
+            user_agent: config.user_agent.clone(),
         })
+    }
+
+    /// The User-Agent sent when a spider sets none.
+    pub fn user_agent(&self) -> &str {
+        &self.user_agent
     }
 
     /// Fetches `url` and reports what happened; failures are facts, not errors.
     /// A spider sets the user agent, the fields to extract and which links count.
     pub async fn fetch(&self, url: &Url, depth: u32, spider: Option<&SpiderRules>) -> PageFacts {
+        self.fetch_page(url, depth, spider).await.facts
+    }
+
+    /// [`Fetcher::fetch`], with the host's `Retry-After` when it sent one.
+    pub async fn fetch_page(&self, url: &Url, depth: u32, spider: Option<&SpiderRules>) -> Fetched {
         let started = Instant::now();
         let mut facts = PageFacts {
             url: url.to_string(),
@@ -82,9 +116,16 @@ impl Fetcher {
         };
         if let Err(reason) = check_literal_host(url, &self.policy) {
             facts.error = Some(reason);
-            return facts;
+            return Fetched {
+                facts,
+                retry_after: None,
+            };
         }
-        if let Err(e) = self.fetch_into(url, &mut facts, spider).await {
+        let mut retry_after = None;
+        if let Err(e) = self
+            .fetch_into(url, &mut facts, &mut retry_after, spider)
+            .await
+        {
             facts.error = Some(describe(&e));
         }
         if let Some(rules) = spider {
@@ -93,13 +134,49 @@ impl Fetcher {
         let took = started.elapsed();
         facts.fetch_ms = took.as_millis() as u64;
         crate::metrics::page_fetched(facts.status, took);
-        facts
+        Fetched { facts, retry_after }
+    }
+
+    /// Asks for robots.txt at `url` as `agent`, through the same network
+    /// policy and redirect rules as any page.
+    pub async fn fetch_robots(&self, url: &Url, agent: &str) -> RobotsAnswer {
+        if let Err(reason) = check_literal_host(url, &self.policy) {
+            return RobotsAnswer::Failed(reason);
+        }
+        let request = self
+            .client
+            .get(url.clone())
+            .header(reqwest::header::USER_AGENT, agent);
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return RobotsAnswer::Failed(describe(&e)),
+        };
+        let status = response.status();
+        if !status.is_success() {
+            return RobotsAnswer::Status(status.as_u16());
+        }
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let take = chunk.len().min(ROBOTS_BODY_CAP - body.len());
+                    body.extend_from_slice(&chunk[..take]);
+                    if body.len() == ROBOTS_BODY_CAP {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return RobotsAnswer::Failed(describe(&e)),
+            }
+        }
+        RobotsAnswer::Body(body)
     }
 
     async fn fetch_into(
         &self,
         url: &Url,
         facts: &mut PageFacts,
+        retry_after: &mut Option<Duration>,
         spider: Option<&SpiderRules>,
     ) -> Result<(), reqwest::Error> {
         let mut request = self.client.get(url.clone());
@@ -109,6 +186,13 @@ impl Fetcher {
         let mut response = request.send().await?;
         let final_url = response.url().clone();
         facts.status = Some(response.status().as_u16());
+        if matches!(response.status().as_u16(), 429 | 503) {
+            *retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+        }
         if final_url != *url {
             facts.final_url = Some(final_url.to_string());
         }
@@ -145,6 +229,19 @@ impl Fetcher {
         }
         Ok(())
     }
+}
+
+/// `Retry-After` as seconds or as an HTTP date (RFC 9110, 10.2.3).
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 fn is_html_type(content_type: &str) -> bool {
@@ -229,4 +326,20 @@ fn describe(error: &reqwest::Error) -> String {
         parts.insert(0, "timeout".into());
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        let waited = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(waited > Duration::from_secs(100) && waited <= Duration::from_secs(120));
+        let past = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(1));
+        assert_eq!(parse_retry_after(&past), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
 }

@@ -6,6 +6,8 @@ mod discovery;
 pub mod extract;
 pub mod fetch;
 mod metrics;
+pub mod polite;
+pub mod robots;
 mod session;
 pub mod spider;
 
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crawler_core::net_policy::NetworkPolicy;
+use crawler_core::ports::HostGate;
 use tokio_util::sync::CancellationToken;
 
 pub use config::WorkerConfig;
@@ -22,6 +25,7 @@ pub struct Worker {
     config: WorkerConfig,
     fetcher: Arc<Fetcher>,
     spiders: Arc<spider::SpiderCache>,
+    politeness: Arc<polite::Politeness>,
 }
 
 impl Worker {
@@ -33,11 +37,34 @@ impl Worker {
             config.file_sync.clone(),
             config.spider_dir(),
         ));
+        let gate: Option<Arc<dyn HostGate>> = match &config.host_gate {
+            Some(url) => Some(Arc::new(crawler_adapters::RedisHostGate::new(
+                url,
+                &config.namespace,
+            )?)),
+            None => None,
+        };
         Ok(Self {
+            politeness: Arc::new(polite::Politeness::new(
+                config.politeness(),
+                gate,
+                &config.worker_id,
+            )),
             config,
             fetcher,
             spiders,
         })
+    }
+
+    /// Takes per-host limits from `gate`, shared with other workers (the
+    /// embedded default's workers share one in-process gate).
+    pub fn with_host_gate(mut self, gate: Arc<dyn HostGate>) -> Self {
+        self.politeness = Arc::new(polite::Politeness::new(
+            self.config.politeness(),
+            Some(gate),
+            &self.config.worker_id,
+        ));
+        self
     }
 
     pub fn id(&self) -> &str {
@@ -68,7 +95,12 @@ impl Worker {
                 return;
             }
         };
-        let (fetcher, spiders, config) = (self.fetcher, self.spiders, self.config.clone());
+        let crawling = session::Crawling {
+            fetcher: self.fetcher,
+            spiders: self.spiders,
+            politeness: self.politeness,
+        };
+        let config = self.config.clone();
         let start: Box<discovery::StartSession> = Box::new(move |master, stop, lost| {
             let session = session::SessionConfig {
                 master,
@@ -81,12 +113,7 @@ impl Worker {
                 registered: registered.clone(),
                 lost,
             };
-            tokio::spawn(session::run(
-                session,
-                fetcher.clone(),
-                spiders.clone(),
-                stop,
-            ))
+            tokio::spawn(session::run(session, crawling.clone(), stop))
         });
         if let Err(e) = discovery::serve_masters(&self.config.masters, &*start, shutdown).await {
             tracing::error!(error = %e, "cannot serve the masters");

@@ -11,6 +11,8 @@ const PAGES_FETCHED: &str = "crawler_worker_pages_fetched_total";
 const FETCH_DURATION: &str = "crawler_worker_fetch_duration_seconds";
 const BATCHES: &str = "crawler_worker_batches_total";
 const MASTERS_REGISTERED: &str = "crawler_worker_masters_registered";
+const PAGES_REFUSED: &str = "crawler_worker_pages_refused_total";
+const HOST_PAUSES: &str = "crawler_worker_host_pauses_total";
 
 pub fn describe() {
     describe_counter!(
@@ -24,6 +26,16 @@ pub fn describe() {
         "Time to fetch and read one page, redirects included."
     );
     describe_counter!(BATCHES, Unit::Count, "URL batches run for masters.");
+    describe_counter!(
+        PAGES_REFUSED,
+        Unit::Count,
+        "Pages not fetched because robots.txt refused them."
+    );
+    describe_counter!(
+        HOST_PAUSES,
+        Unit::Count,
+        "Pauses hosts asked for with 429 or 503 and Retry-After."
+    );
     describe_gauge!(
         MASTERS_REGISTERED,
         Unit::Count,
@@ -50,4 +62,12 @@ pub fn batch_run() {
 
 pub fn masters_registered(n: usize) {
     gauge!(MASTERS_REGISTERED).set(n as f64);
+}
+
+pub fn page_refused() {
+    counter!(PAGES_REFUSED).increment(1);
+}
+
+pub fn host_paused() {
+    counter!(HOST_PAUSES).increment(1);
 }

@@ -20,6 +20,7 @@ use url::Url;
 use crawler_core::retry::RetryPolicy;
 
 use crate::fetch::Fetcher;
+use crate::polite::{Admission, Politeness};
 use crate::spider::SpiderCache;
 
 /// How long a stopping worker waits for batches in flight before leaving.
@@ -46,18 +47,13 @@ pub struct SessionConfig {
 }
 
 /// Keeps a session with one master alive until `shutdown`.
-pub async fn run(
-    config: SessionConfig,
-    fetcher: Arc<Fetcher>,
-    spiders: Arc<SpiderCache>,
-    shutdown: CancellationToken,
-) {
+pub async fn run(config: SessionConfig, crawling: Crawling, shutdown: CancellationToken) {
     let mut backoff = config.reconnect.backoff();
     loop {
         if shutdown.is_cancelled() {
             return;
         }
-        match run_once(&config, &fetcher, &spiders, &shutdown).await {
+        match run_once(&config, &crawling, &shutdown).await {
             Ok(()) => return,
             Err(SessionEnd::Registered(reason)) => {
                 // A session that got as far as registering was healthy: start over gently.
@@ -80,10 +76,17 @@ enum SessionEnd {
     Registered(String),
 }
 
+/// What a worker crawls with, shared by its sessions.
+#[derive(Clone)]
+pub struct Crawling {
+    pub fetcher: Arc<Fetcher>,
+    pub spiders: Arc<SpiderCache>,
+    pub politeness: Arc<Politeness>,
+}
+
 async fn run_once(
     config: &SessionConfig,
-    fetcher: &Arc<Fetcher>,
-    spiders: &Arc<SpiderCache>,
+    crawling: &Crawling,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionEnd> {
     let (tx, rx) = mpsc::channel::<WorkerMessage>(64);
@@ -113,10 +116,10 @@ async fn run_once(
             _ = shutdown.cancelled() => break Ok(()),
             message = inbound.next() => match message {
                 Some(Ok(MasterMessage { msg: Some(master_message::Msg::Batch(batch)) })) => {
-                    let (tx, fetcher, spiders, per_batch) = (tx.clone(), fetcher.clone(), spiders.clone(), config.fetch_concurrency);
+                    let (tx, crawling, per_batch) = (tx.clone(), crawling.clone(), config.fetch_concurrency);
                     crate::metrics::batch_run();
                     batches.spawn(async move {
-                        let result = run_batch(batch, &fetcher, &spiders, per_batch).await;
+                        let result = run_batch(batch, &crawling, per_batch).await;
                         send(&tx, worker_message::Msg::Result(result)).await;
                         send(&tx, worker_message::Msg::Credit(Credit { amount: 1 })).await;
                     });
@@ -223,12 +226,7 @@ async fn send(tx: &mpsc::Sender<WorkerMessage>, msg: worker_message::Msg) {
 }
 
 /// Runs a batch in a span of its job's trace (the master sends the context).
-async fn run_batch(
-    batch: v1::Batch,
-    fetcher: &Fetcher,
-    spiders: &SpiderCache,
-    concurrency: usize,
-) -> BatchResult {
+async fn run_batch(batch: v1::Batch, crawling: &Crawling, concurrency: usize) -> BatchResult {
     let span = tracing::info_span!(
         "batch",
         job_id = %batch.job_id,
@@ -237,18 +235,19 @@ async fn run_batch(
     );
     let parent: crawler_core::trace::TraceContext = batch.trace.clone().into_iter().collect();
     crawler_core::trace::set_parent(&span, &parent);
-    fetch_batch(batch, fetcher, spiders, concurrency)
+    fetch_batch(batch, crawling, concurrency)
         .instrument(span)
         .await
 }
 
-async fn fetch_batch(
-    batch: v1::Batch,
-    fetcher: &Fetcher,
-    spiders: &SpiderCache,
-    concurrency: usize,
-) -> BatchResult {
+async fn fetch_batch(batch: v1::Batch, crawling: &Crawling, concurrency: usize) -> BatchResult {
+    let Crawling {
+        fetcher,
+        spiders,
+        politeness,
+    } = crawling;
     let depth = batch.depth;
+    let respect_robots = !batch.options.as_ref().is_some_and(|o| o.ignore_robots);
     let spider_name = batch
         .options
         .as_ref()
@@ -285,7 +284,9 @@ async fn fetch_batch(
                 tokio::time::sleep(delay).await;
             }
             match Url::parse(&raw) {
-                Ok(url) => fetcher.fetch(&url, depth, rules).await,
+                Ok(url) => {
+                    polite_fetch(fetcher, politeness, &url, depth, rules, respect_robots).await
+                }
                 Err(e) => crawler_core::model::PageFacts {
                     url: raw,
                     depth,
@@ -303,5 +304,48 @@ async fn fetch_batch(
         pages,
         failure: None,
         page_cap: rules.and_then(|r| r.max_pages),
+    }
+}
+
+/// Fetches one page within its host's limits: not at all when robots.txt
+/// refuses it, and once more after the pause a 429 or 503 asked for.
+async fn polite_fetch(
+    fetcher: &Fetcher,
+    politeness: &Politeness,
+    url: &Url,
+    depth: u32,
+    rules: Option<&crate::spider::SpiderRules>,
+    respect_robots: bool,
+) -> crawler_core::model::PageFacts {
+    let agent = rules
+        .and_then(|r| r.user_agent.as_deref())
+        .unwrap_or(fetcher.user_agent());
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let slot = match politeness.admit(fetcher, url, agent, respect_robots).await {
+            Admission::Enter(slot) => slot,
+            Admission::Refused(reason) => {
+                crate::metrics::page_refused();
+                return crawler_core::model::PageFacts {
+                    url: url.to_string(),
+                    depth,
+                    refused: Some(reason),
+                    ..Default::default()
+                };
+            }
+        };
+        let fetched = fetcher.fetch_page(url, depth, rules).await;
+        slot.leave().await;
+        let Some(asked) = fetched.retry_after else {
+            return fetched.facts;
+        };
+        crate::metrics::host_paused();
+        let paused = politeness.pause(url, asked).await;
+        tracing::info!(%url, ?paused, "the host asked for a pause");
+        if tries > 1 || paused < asked {
+            // Asked twice, or for longer than we wait: the answer stands.
+            return fetched.facts;
+        }
     }
 }

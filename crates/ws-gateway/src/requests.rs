@@ -75,6 +75,7 @@ async fn accept(
             include_subdomains: request.include_subdomains,
             max_pages: request.max_pages,
             spider: request.spider,
+            respect_robots: request.respect_robots,
         },
         gateway_key: state.gateway_key.clone(),
         accepted_at_ms: crawler_core::now_ms(),

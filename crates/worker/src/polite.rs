@@ -1,0 +1,212 @@
+//! Politeness per host. Before a page is fetched, robots.txt is asked (when
+//! the job respects it, or the operator forces it), then a slot on the host
+//! is taken from the host gate: at most `host_concurrency` fetches at once
+//! and starts at least the larger of `host_delay` and the host's
+//! `Crawl-delay` apart. The gate is shared by the whole cluster when one is
+//! configured; while it cannot be reached, this worker's own gate keeps the
+//! limits within the worker. A host that answers 429 or 503 with
+//! `Retry-After` is paused for everyone.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crawler_adapters::MemoryHostGate;
+use crawler_core::ports::{HostGate, HostLimits};
+use url::Url;
+
+use crate::fetch::Fetcher;
+use crate::robots::{RobotsCache, RobotsSettings, Verdict};
+
+/// How long fetches go by this worker's own gate after the shared one
+/// failed, before it is asked again: a Redis that is away must not cost
+/// every fetch a timeout.
+const GATE_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct PolitenessSettings {
+    /// robots.txt is respected even by jobs that ask otherwise.
+    pub force_robots: bool,
+    /// Fetches at once on one host; 0 for no limit.
+    pub host_concurrency: u32,
+    /// Least time between two fetches' starts on one host.
+    pub host_delay: Duration,
+    /// The longest `Retry-After` honoured.
+    pub max_retry_after: Duration,
+    /// How long a slot is held at most (a fetch's whole timeout, and a
+    /// margin): a worker that dies holding one frees it after this.
+    pub lease: Duration,
+    pub robots: RobotsSettings,
+}
+
+/// What a host needs before a fetch.
+pub enum Admission {
+    /// Fetch it; give the slot back afterwards.
+    Enter(Slot),
+    /// Do not fetch it, for this reason (robots.txt).
+    Refused(String),
+}
+
+pub struct Politeness {
+    settings: PolitenessSettings,
+    robots: RobotsCache,
+    gate: Arc<dyn HostGate>,
+    /// This worker's own gate, used while `gate` cannot be reached.
+    own: Arc<MemoryHostGate>,
+    /// When the shared gate last failed; for [`GATE_RETRY`] after that,
+    /// fetches do not wait on it.
+    gate_failed: Mutex<Option<Instant>>,
+    tickets: AtomicU64,
+    worker_id: String,
+}
+
+impl Politeness {
+    /// Politeness through `gate`; `None` means this worker's own gate.
+    pub fn new(
+        settings: PolitenessSettings,
+        gate: Option<Arc<dyn HostGate>>,
+        worker_id: &str,
+    ) -> Self {
+        let own = Arc::new(MemoryHostGate::new());
+        Self {
+            robots: RobotsCache::new(settings.robots.clone()),
+            gate: gate.unwrap_or_else(|| own.clone()),
+            own,
+            settings,
+            gate_failed: Mutex::new(None),
+            tickets: AtomicU64::new(0),
+            worker_id: worker_id.to_string(),
+        }
+    }
+
+    pub fn settings(&self) -> &PolitenessSettings {
+        &self.settings
+    }
+
+    /// Waits until `url` may be fetched by `agent`, or says why it may not.
+    pub async fn admit(
+        &self,
+        fetcher: &Fetcher,
+        url: &Url,
+        agent: &str,
+        respect_robots: bool,
+    ) -> Admission {
+        let mut delay = self.settings.host_delay;
+        if respect_robots || self.settings.force_robots {
+            match self.robots.judge(fetcher, url, agent).await {
+                Verdict::Refused(reason) => return Admission::Refused(reason),
+                Verdict::Allowed { crawl_delay } => {
+                    delay = delay.max(crawl_delay.unwrap_or_default());
+                }
+            }
+        }
+        let Some(host) = url.host_str() else {
+            return Admission::Enter(Slot::free());
+        };
+        // With no limit and no delay (politeness off), the shared gate is
+        // not asked: only the pauses this worker was asked for hold.
+        let off = self.settings.host_concurrency == 0 && delay.is_zero();
+        let shared = if off || self.gate_recently_failed() {
+            self.own.clone() as Arc<dyn HostGate>
+        } else {
+            self.gate.clone()
+        };
+        let limits = HostLimits {
+            concurrency: self.settings.host_concurrency,
+            delay,
+            lease: self.settings.lease,
+        };
+        let ticket = format!(
+            "{}-{}",
+            self.worker_id,
+            self.tickets.fetch_add(1, Ordering::Relaxed)
+        );
+        loop {
+            let (gate, answer) = match shared.try_enter(host, &ticket, limits).await {
+                Ok(answer) => {
+                    self.gate_back();
+                    (shared.clone(), answer)
+                }
+                Err(e) => {
+                    self.gate_lost(&e);
+                    let own: Arc<dyn HostGate> = self.own.clone();
+                    let answer = own.try_enter(host, &ticket, limits).await.ok().flatten();
+                    (own, answer)
+                }
+            };
+            match answer {
+                None => {
+                    return Admission::Enter(Slot {
+                        held: Some((gate, host.to_string(), ticket)),
+                    });
+                }
+                Some(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
+    /// The host asked for a pause of `asked` (capped): nothing starts on it
+    /// until then. Returns the pause applied.
+    pub async fn pause(&self, url: &Url, asked: Duration) -> Duration {
+        let pause = asked.min(self.settings.max_retry_after);
+        let Some(host) = url.host_str() else {
+            return pause;
+        };
+        if let Err(e) = self.gate.pause(host, pause).await {
+            self.gate_lost(&e);
+        }
+        let _ = self.own.pause(host, pause).await;
+        pause
+    }
+
+    fn gate_recently_failed(&self) -> bool {
+        self.gate_failed
+            .lock()
+            .expect("gate state")
+            .is_some_and(|at| at.elapsed() < GATE_RETRY)
+    }
+
+    fn gate_lost(&self, error: &dyn std::fmt::Display) {
+        let was_up = self
+            .gate_failed
+            .lock()
+            .expect("gate state")
+            .replace(Instant::now())
+            .is_none();
+        if was_up {
+            tracing::warn!(%error, "the shared host gate cannot be reached; per-host limits hold within this worker until it is back");
+        }
+    }
+
+    fn gate_back(&self) {
+        if self
+            .gate_failed
+            .lock()
+            .expect("gate state")
+            .take()
+            .is_some()
+        {
+            tracing::info!("the shared host gate is back");
+        }
+    }
+}
+
+/// A slot on a host, given back with [`Slot::leave`].
+pub struct Slot {
+    held: Option<(Arc<dyn HostGate>, String, String)>,
+}
+
+impl Slot {
+    fn free() -> Self {
+        Self { held: None }
+    }
+
+    pub async fn leave(self) {
+        if let Some((gate, host, ticket)) = self.held
+            && let Err(e) = gate.leave(&host, &ticket).await
+        {
+            // The lease frees the slot in the end.
+            tracing::debug!(%host, error = %e, "cannot give a host slot back");
+        }
+    }
+}
