@@ -42,15 +42,22 @@ impl NetworkPolicy {
         &self.allowed
     }
 
+    /// An IPv6 address that carries an IPv4 address (see [`embedded_v4`])
+    /// is judged by that IPv4 address too: it is where the packets end up.
     pub fn check(&self, addr: IpAddr) -> Result<(), ForbiddenAddress> {
-        let addr = canonical(addr);
-        if self.allowed.iter().any(|net| net.contains(&addr)) {
-            return Ok(());
+        let carried = match canonical(addr) {
+            IpAddr::V6(v6) => embedded_v4(v6),
+            IpAddr::V4(_) => Vec::new(),
+        };
+        for judged in std::iter::once(canonical(addr)).chain(carried.into_iter().map(IpAddr::V4)) {
+            if self.allowed.iter().any(|net| net.contains(&judged)) {
+                continue;
+            }
+            if let Some(kind) = special_range(judged) {
+                return Err(ForbiddenAddress { addr: judged, kind });
+            }
         }
-        match special_range(addr) {
-            Some(kind) => Err(ForbiddenAddress { addr, kind }),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
@@ -72,6 +79,27 @@ fn canonical(addr: IpAddr) -> IpAddr {
             .map(IpAddr::V4)
             .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
+    }
+}
+
+/// The IPv4 addresses an IPv6 address carries, for the forms that reach
+/// them: IPv4-compatible `::a.b.c.d` (deprecated, still routed by some
+/// stacks), NAT64 `64:ff9b::/96` (RFC 6052), 6to4 `2002::/16` (RFC 3056)
+/// and Teredo `2001::/32` (RFC 4380: its server, and its client stored
+/// inverted). IPv4-mapped `::ffff:a.b.c.d` is made IPv4 by [`canonical`].
+fn embedded_v4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    let compatible = s[..6] == [0; 6] && !v6.is_unspecified() && !v6.is_loopback();
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    if compatible || nat64 {
+        vec![v4(s[6], s[7])]
+    } else if s[0] == 0x2002 {
+        vec![v4(s[1], s[2])]
+    } else if s[0] == 0x2001 && s[1] == 0 {
+        vec![v4(s[2], s[3]), v4(!s[6], !s[7])]
+    } else {
+        Vec::new()
     }
 }
 
@@ -142,6 +170,41 @@ mod tests {
         ] {
             assert!(policy.check(ip(addr)).is_err(), "{addr} should be refused");
         }
+    }
+
+    #[test]
+    fn ipv6_forms_that_carry_an_ipv4_address_are_judged_by_it() {
+        let policy = NetworkPolicy::default();
+        let refused = [
+            ("::ffff:127.0.0.1", "127.0.0.1"),
+            ("::ffff:169.254.169.254", "169.254.169.254"),
+            ("::127.0.0.1", "127.0.0.1"),
+            ("::10.0.0.1", "10.0.0.1"),
+            ("64:ff9b::127.0.0.1", "127.0.0.1"),
+            ("64:ff9b::a9fe:a9fe", "169.254.169.254"),
+            ("2002:7f00:1::", "127.0.0.1"),
+            ("2002:c0a8:101::1", "192.168.1.1"),
+            // Teredo: server 65.54.227.120, client 127.0.0.1 stored inverted.
+            ("2001:0:4136:e378:8000:63bf:80ff:fffe", "127.0.0.1"),
+            // Teredo whose server is private.
+            ("2001:0:a00:1:8000:63bf:f7f7:f7f7", "10.0.0.1"),
+        ];
+        for (addr, carried) in refused {
+            let refusal = policy.check(ip(addr)).expect_err(addr);
+            assert_eq!(refusal.addr, ip(carried), "{addr}");
+        }
+        for addr in [
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
+            "2606:4700::1111",
+        ] {
+            assert!(policy.check(ip(addr)).is_ok(), "{addr} should be allowed");
+        }
+        // Allowing the IPv4 network allows its IPv6 forms too.
+        let loopback = NetworkPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        assert!(loopback.check(ip("2002:7f00:1::")).is_ok());
+        assert!(loopback.check(ip("64:ff9b::127.0.0.1")).is_ok());
         for addr in ["93.184.216.34", "2606:4700::1111", "8.8.8.8"] {
             assert!(policy.check(ip(addr)).is_ok(), "{addr} should be allowed");
         }
