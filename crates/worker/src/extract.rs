@@ -17,6 +17,7 @@ use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use htmlize::{unescape, unescape_attribute};
+use lol_html::AsciiCompatibleEncoding;
 use lol_html::html_content::TextChunk;
 use lol_html::send::{Element, ElementContentHandlers, HtmlRewriter, Settings};
 use lol_html::{Selector, element, text};
@@ -65,6 +66,18 @@ pub struct Extracted {
 
 fn discard(_: &[u8]) {}
 
+/// The encoding a `Content-Type`'s `charset` names, when it is one the
+/// parser can read (ASCII-compatible).
+fn declared_charset(content_type: &str) -> Option<AsciiCompatibleEncoding> {
+    let label = content_type.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| value.trim().trim_matches(['"', '\'']))
+    })?;
+    AsciiCompatibleEncoding::new(encoding_rs::Encoding::for_label(label.as_bytes())?)
+}
+
 impl LinkExtractor {
     pub fn new() -> Self {
         Self::with_fields(&BTreeMap::new())
@@ -73,9 +86,13 @@ impl LinkExtractor {
     /// An extractor that also collects the text of each element matching a
     /// field's CSS selector. Selectors must be valid (spiders check them).
     pub fn with_fields(fields: &BTreeMap<String, String>) -> Self {
+        Self::build(fields, Settings::new_send())
+    }
+
+    fn build(fields: &BTreeMap<String, String>, settings: Settings<'static, 'static>) -> Self {
         let found = Arc::new(Mutex::new(Found::default()));
         let (on_base, on_link, on_title) = (found.clone(), found.clone(), found.clone());
-        let mut settings = Settings::new_send()
+        let mut settings = settings
             .append_element_content_handler((
                 Cow::Borrowed(&*BASE),
                 ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
@@ -153,6 +170,18 @@ impl LinkExtractor {
             rewriter: HtmlRewriter::new(settings, discard as fn(&[u8])),
             found,
         }
+    }
+
+    /// An extractor for a page served with `content_type`: its `charset`
+    /// decodes the page; without one, a `<meta charset>` (or `http-equiv`)
+    /// in the page does, and UTF-8 until then. An unknown charset, or one
+    /// not ASCII-compatible (UTF-16), leaves UTF-8.
+    pub fn for_page(fields: &BTreeMap<String, String>, content_type: Option<&str>) -> Self {
+        let settings = match content_type.and_then(declared_charset) {
+            Some(encoding) => Settings::new_send().with_encoding(encoding),
+            None => Settings::new_send().with_adjust_charset_on_meta_tag(true),
+        };
+        Self::build(fields, settings)
     }
 
     /// Parses the next chunk. Malformed HTML is not an error: browsers cope,

@@ -203,10 +203,10 @@ impl Fetcher {
             .map(str::to_owned);
         let is_html = content_type.as_deref().is_some_and(is_html_type);
         facts.content_type = content_type;
-        let mut extractor = is_html.then(|| match spider {
-            Some(rules) => LinkExtractor::with_fields(&rules.fields),
-            None => LinkExtractor::new(),
-        });
+        let no_fields = Default::default();
+        let fields = spider.map_or(&no_fields, |rules| &rules.fields);
+        let mut extractor =
+            is_html.then(|| LinkExtractor::for_page(fields, facts.content_type.as_deref()));
         while let Some(chunk) = response.chunk().await? {
             let room = self.max_body_bytes.saturating_sub(facts.bytes) as usize;
             let take = chunk.len().min(room);
