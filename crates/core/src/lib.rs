@@ -15,6 +15,7 @@ pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;
+pub mod traps;
 pub mod urls;
 
 pub use error_code::ErrorCode;

@@ -15,12 +15,14 @@
 //! them exactly as it found it the first time, so its result is the one an
 //! undisturbed crawl gives.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use crawler_core::model::{Checkpoint, JobSpec, LevelDone, PageFacts, ResultSummary};
+use crawler_core::traps;
 use crawler_core::urls::Scope;
 use crawler_proto::v1;
 use tokio::sync::mpsc;
@@ -189,9 +191,10 @@ impl Resume {
             self.state.seen.insert(url);
         }
         let next: BTreeSet<String> = std::mem::take(&mut self.candidates)
-            .into_iter()
+            .iter()
+            .map(|link| followed_form(link).into_owned())
             .filter(|link| !self.state.seen.contains(link))
-            .filter(|link| Url::parse(link).is_ok_and(|u| scope.contains(&u)))
+            .filter(|link| followable(link, scope))
             .collect();
         let room = self.state.max_pages.saturating_sub(self.state.page_count());
         let frontier: Vec<String> = next.into_iter().take(room).collect();
@@ -380,11 +383,12 @@ impl Crawl<'_> {
                 }
                 if let Some(scope) = scope {
                     for link in &facts.links {
-                        if !state.seen.contains(link)
-                            && !level.candidates.contains(link)
-                            && Url::parse(link).is_ok_and(|u| scope.contains(&u))
+                        let link = followed_form(link);
+                        if !state.seen.contains(&link)
+                            && !level.candidates.contains(link.as_ref())
+                            && followable(&link, scope)
                         {
-                            level.candidates.insert(link.clone());
+                            level.candidates.insert(link.into_owned());
                         }
                     }
                 }
@@ -406,6 +410,20 @@ impl Crawl<'_> {
         }
         Ok(level)
     }
+}
+
+/// The form a link is followed in: without its session ids.
+fn followed_form(link: &str) -> Cow<'_, str> {
+    match traps::without_session_ids(link) {
+        Some(stripped) => Cow::Owned(stripped),
+        None => Cow::Borrowed(link),
+    }
+}
+
+/// Whether a link (in its followed form) is followed: in scope, and no
+/// crawler trap (see [`traps`]).
+fn followable(link: &str, scope: &Scope) -> bool {
+    Url::parse(link).is_ok_and(|u| scope.contains(&u) && traps::judge(&u).is_none())
 }
 
 /// A level's URLs in batches of one host each, the hosts taking turns:
@@ -504,6 +522,35 @@ mod tests {
         // Every host's first batch goes before any host's second.
         assert_eq!(batches.len(), 6);
         assert_eq!(batches[5], ["http://a.test/3"]);
+    }
+
+    #[test]
+    fn trap_links_are_not_followed_and_session_ids_are_dropped() {
+        let checkpoint = Checkpoint {
+            levels_done: 1,
+            truncated: false,
+            max_pages: 100,
+        };
+        let mut resume = Resume::new(&checkpoint);
+        resume.absorb(vec![page(
+            "http://a.test/",
+            0,
+            &[
+                "http://a.test/cal/2026/12",
+                "http://a.test/a/b/a/b/a/b/a/b",
+                "http://a.test/list?f=1&f=2&f=3",
+                "http://a.test/item?id=7&PHPSESSID=e1f0",
+                "http://a.test/item?id=7&PHPSESSID=99aa",
+                "http://a.test/;jsessionid=0AB1",
+            ],
+        )]);
+        let state = resume.finish(&scope());
+        // The two session links are one page; the page's own URL, once
+        // its session id is gone, is the start page already seen.
+        assert_eq!(
+            state.frontier,
+            ["http://a.test/cal/2026/12", "http://a.test/item?id=7"]
+        );
     }
 
     #[test]
