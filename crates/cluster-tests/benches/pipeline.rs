@@ -142,7 +142,9 @@ async fn main() {
     let largest = sizes.iter().max().copied().unwrap_or(0) + 1;
     let cap = largest.to_string();
     let master_args = arg::<String>("--master-args").unwrap_or_default();
-    let worker_args = arg::<String>("--worker-args").unwrap_or_default();
+    // Politeness off, as the benchmark is defined: no per-host limit.
+    let worker_args =
+        arg::<String>("--worker-args").unwrap_or_else(|| vec!["--host-concurrency 0".to_string()]);
     let as_strs = |v: &[String]| {
         v.iter()
             .flat_map(|a| a.split(' '))

@@ -7,6 +7,7 @@
 //! limits within the worker. A host that answers 429 or 503 with
 //! `Retry-After` is paused for everyone.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,6 +57,7 @@ pub struct Politeness {
     /// When the shared gate last failed; for [`GATE_RETRY`] after that,
     /// fetches do not wait on it.
     gate_failed: Mutex<Option<Instant>>,
+    turns: Turns,
     tickets: AtomicU64,
     worker_id: String,
 }
@@ -74,6 +76,7 @@ impl Politeness {
             own,
             settings,
             gate_failed: Mutex::new(None),
+            turns: Turns::default(),
             tickets: AtomicU64::new(0),
             worker_id: worker_id.to_string(),
         }
@@ -121,6 +124,27 @@ impl Politeness {
             self.worker_id,
             self.tickets.fetch_add(1, Ordering::Relaxed)
         );
+        // A paced host lets one fetch start per delay: this worker's fetches
+        // for it queue here, in order, so only the first asks the gate
+        // rather than all of them at every wake-up.
+        let turn = if delay.is_zero() {
+            None
+        } else {
+            Some(self.turns.take(host).await)
+        };
+        let admission = self.enter(&shared, host, ticket, limits).await;
+        drop(turn);
+        admission
+    }
+
+    /// Asks the gate until a slot on `host` is taken.
+    async fn enter(
+        &self,
+        shared: &Arc<dyn HostGate>,
+        host: &str,
+        ticket: String,
+        limits: HostLimits,
+    ) -> Admission {
         loop {
             let (gate, answer) = match shared.try_enter(host, &ticket, limits).await {
                 Ok(answer) => {
@@ -208,5 +232,106 @@ impl Slot {
             // The lease frees the slot in the end.
             tracing::debug!(%host, error = %e, "cannot give a host slot back");
         }
+    }
+}
+
+/// One queue per host of this worker's fetches waiting to start; a host's
+/// queue is forgotten once nobody waits in it.
+#[derive(Default)]
+struct Turns(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+/// A host's turn, held until the fetch has its slot.
+struct Turn<'a> {
+    turns: &'a Turns,
+    host: String,
+    queue: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Turns {
+    async fn take(&self, host: &str) -> Turn<'_> {
+        let queue = self
+            .0
+            .lock()
+            .expect("turns")
+            .entry(host.to_string())
+            .or_default()
+            .clone();
+        let guard = queue.clone().lock_owned().await;
+        Turn {
+            turns: self,
+            host: host.to_string(),
+            queue,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut turns = self.turns.0.lock().expect("turns");
+        // The map's and this turn's references: nobody else waits.
+        if Arc::strong_count(&self.queue) == 2 {
+            turns.remove(&self.host);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fetch::FetchConfig;
+    use crate::robots::RobotsSettings;
+    use crawler_core::net_policy::NetworkPolicy;
+
+    fn politeness(host_delay: Duration) -> Politeness {
+        let settings = PolitenessSettings {
+            force_robots: false,
+            host_concurrency: 2,
+            host_delay,
+            max_retry_after: Duration::from_secs(60),
+            lease: Duration::from_secs(30),
+            robots: RobotsSettings {
+                ttl: Duration::from_secs(60),
+                retry_unreachable: Duration::from_secs(60),
+                max_crawl_delay: Duration::from_secs(5),
+            },
+        };
+        Politeness::new(settings, None, "w")
+    }
+
+    #[tokio::test]
+    async fn fetches_of_a_paced_host_start_a_delay_apart_and_leave_nothing_behind() {
+        let polite = Arc::new(politeness(Duration::from_millis(40)));
+        let fetcher =
+            Arc::new(Fetcher::new(&FetchConfig::default(), NetworkPolicy::default()).unwrap());
+        let url = Url::parse("http://paced.test/").unwrap();
+        let starts = futures::future::join_all((0..6).map(|_| {
+            let (polite, fetcher, url) = (polite.clone(), fetcher.clone(), url.clone());
+            async move {
+                let Admission::Enter(slot) = polite.admit(&fetcher, &url, "crawler", false).await
+                else {
+                    panic!("no robots.txt was asked");
+                };
+                let started = Instant::now();
+                slot.leave().await;
+                started
+            }
+        }))
+        .await;
+        let mut starts = starts;
+        starts.sort();
+        for pair in starts.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= Duration::from_millis(39),
+                "{:?}",
+                pair[1] - pair[0]
+            );
+        }
+        assert!(
+            polite.turns.0.lock().unwrap().is_empty(),
+            "every host queue forgotten"
+        );
     }
 }
