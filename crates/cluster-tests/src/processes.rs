@@ -175,14 +175,22 @@ impl Service {
 
     /// The process's resident memory now (VmRSS), from /proc.
     pub fn rss_bytes(&self) -> u64 {
+        self.status_kib("VmRSS:") * 1024
+    }
+
+    /// The most resident memory the process has had (VmHWM), from /proc.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        self.status_kib("VmHWM:") * 1024
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("the process is running");
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .expect("/proc/<pid>/status has VmRSS")
-            * 1024
+            .unwrap_or_else(|| panic!("/proc/<pid>/status has {field}"))
     }
 
     /// CPU time the process has used so far (user and system), from /proc.

@@ -87,6 +87,16 @@ impl WsClient {
 
     /// The next message matching `pred`, keeping the others for later waits.
     pub async fn next_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        self.next_where_within(DEADLINE, pred).await
+    }
+
+    /// [`WsClient::next_where`] with a deadline of `patience` (a benchmark
+    /// waiting for a long crawl).
+    pub async fn next_where_within(
+        &mut self,
+        patience: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         if let Some(i) = self.backlog.iter().position(&pred) {
             return self.backlog.remove(i);
         }
@@ -114,10 +124,10 @@ impl WsClient {
                 self.backlog.push(value);
             }
         };
-        match tokio::time::timeout(DEADLINE, wait).await {
+        match tokio::time::timeout(patience, wait).await {
             Ok(v) => v,
             Err(_) => panic!(
-                "no matching message within {DEADLINE:?}; seen: {:?}",
+                "no matching message within {patience:?}; seen: {:?}",
                 self.backlog
             ),
         }

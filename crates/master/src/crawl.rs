@@ -288,16 +288,17 @@ impl Crawl<'_> {
             }
             state.level_sizes.push(level.fetched);
             // Links to pages this level reached by a redirect are not new.
-            let next: Vec<&String> = level
+            // The candidates are moved, not copied: a big level is held once.
+            let mut next: Vec<String> = level
                 .candidates
-                .iter()
+                .into_iter()
                 .filter(|link| !state.seen.contains(link))
                 .collect();
             let room = state.max_pages.saturating_sub(state.page_count());
             if next.len() > room {
                 state.truncated = true;
+                next.truncate(room);
             }
-            let next: Vec<String> = next.into_iter().take(room).cloned().collect();
             if next.is_empty() {
                 break;
             }
@@ -339,17 +340,23 @@ impl Crawl<'_> {
     ) -> Result<Level, CrawlError> {
         let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
         let mut waiting: HashMap<u64, Vec<String>> = HashMap::new();
-        for batch in batches_by_host(&urls, self.batch_size) {
-            let id = self.pool.dispatch(
-                &self.spec.job_id.0,
-                depth,
-                batch.clone(),
-                options.clone(),
-                reply_tx.clone(),
-            );
-            waiting.insert(id, batch);
-        }
-        drop(urls);
+        // Batches go out a window at a time, so a level of a million URLs
+        // is held once (here) rather than also queued and awaited whole.
+        let mut unsent = batches_by_host(urls, self.batch_size).into_iter();
+        let mut send_more = |waiting: &mut HashMap<u64, Vec<String>>| {
+            while waiting.len() < BATCHES_OUT_PER_CRAWL {
+                let Some(batch) = unsent.next() else { break };
+                let id = self.pool.dispatch(
+                    &self.spec.job_id.0,
+                    depth,
+                    batch.clone(),
+                    options.clone(),
+                    reply_tx.clone(),
+                );
+                waiting.insert(id, batch);
+            }
+        };
+        send_more(&mut waiting);
         let mut level = Level::default();
         while !waiting.is_empty() {
             let result = tokio::select! {
@@ -406,11 +413,17 @@ impl Crawl<'_> {
                 _ = self.cancel.cancelled() => return Err(CrawlError::Cancelled),
                 saved = self.sink.pages(depth, pages) => saved?,
             }
+            send_more(&mut waiting);
             (self.on_progress)();
         }
         Ok(level)
     }
 }
+
+/// Batches of one crawl sent and not yet answered, at most: enough to keep
+/// every worker busy (and a batch waiting on each of a thousand paced
+/// hosts) without holding a huge level twice.
+const BATCHES_OUT_PER_CRAWL: usize = 1024;
 
 /// The form a link is followed in: without its session ids.
 fn followed_form(link: &str) -> Cow<'_, str> {
@@ -429,18 +442,29 @@ fn followable(link: &str, scope: &Scope) -> bool {
 /// A level's URLs in batches of one host each, the hosts taking turns:
 /// hosts progress in parallel, a slow or paused host holds up only its own
 /// batches, and a worker's per-host limits see one host per batch.
-fn batches_by_host(urls: &[String], size: usize) -> Vec<Vec<String>> {
-    let mut hosts: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+fn batches_by_host(urls: Vec<String>, size: usize) -> Vec<Vec<String>> {
+    let mut hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for url in urls {
-        hosts.entry(authority(url)).or_default().push(url.clone());
+        let host = authority(&url);
+        match hosts.get_mut(host) {
+            Some(of_host) => of_host.push(url),
+            None => {
+                hosts.insert(host.to_string(), vec![url]);
+            }
+        }
     }
     let mut chunks: Vec<std::vec::IntoIter<Vec<String>>> = hosts
         .into_values()
         .map(|urls| {
-            urls.chunks(size.max(1))
-                .map(<[String]>::to_vec)
-                .collect::<Vec<_>>()
-                .into_iter()
+            let mut batches = Vec::with_capacity(urls.len().div_ceil(size.max(1)));
+            let mut urls = urls.into_iter();
+            loop {
+                let batch: Vec<String> = urls.by_ref().take(size.max(1)).collect();
+                if batch.is_empty() {
+                    break batches.into_iter();
+                }
+                batches.push(batch);
+            }
         })
         .collect();
     let mut batches = Vec::new();
@@ -509,7 +533,7 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let batches = batches_by_host(&urls, 2);
+        let batches = batches_by_host(urls.clone(), 2);
         let hosts: Vec<Vec<&str>> = batches
             .iter()
             .map(|b| b.iter().map(|u| authority(u)).collect())
