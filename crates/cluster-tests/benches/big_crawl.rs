@@ -20,18 +20,10 @@ use axum::Router;
 use axum::extract::Path;
 use axum::response::Html;
 use axum::routing::get;
+use cluster_tests::bench_flag;
 use cluster_tests::processes::{Cluster, ClusterSpec};
 use cluster_tests::ws::WsClient;
 use serde_json::json;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|at| args.get(at + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} {v}")))
-        .unwrap_or(default)
-}
 
 /// Serves a tree of `fanout` × `fanout` pages below `/`; returns its base URL.
 async fn serve_tree(fanout: usize) -> String {
@@ -109,11 +101,13 @@ fn peaks(cluster: &Cluster) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let fanout = arg("--fanout", 1000) as usize;
+    let fanout = bench_flag("--fanout", 1000) as usize;
     let pages = 1 + fanout + fanout * fanout;
     let cap = pages.to_string();
     let cluster = ClusterSpec::new(1, 2)
-        .gateway_args(&["--max-pages", &cap])
+        // Level-1 pages carry a thousand links each: parts of 100 pages
+        // keep each message near 4 MB.
+        .gateway_args(&["--max-pages", &cap, "--result-part-pages", "100"])
         .worker_args(&["--host-concurrency", "0"])
         .start()
         .await;

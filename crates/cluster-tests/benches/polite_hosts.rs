@@ -23,6 +23,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::Html;
 use axum::routing::get;
+use cluster_tests::bench_flag;
 use cluster_tests::processes::ClusterSpec;
 use cluster_tests::ws::WsClient;
 
@@ -32,15 +33,6 @@ struct Host {
     portal_of: Option<Arc<Vec<Ipv4Addr>>>,
     pages: usize,
     delay: Duration,
-}
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|at| args.get(at + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} {v}")))
-        .unwrap_or(default)
 }
 
 async fn root(State(host): State<Arc<Host>>) -> Html<String> {
@@ -111,9 +103,9 @@ async fn serve_hosts(n: usize, pages: usize, delay: Duration) -> (Vec<Ipv4Addr>,
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let hosts = arg("--hosts", 200) as usize;
-    let pages = arg("--pages", 49) as usize;
-    let delay = Duration::from_millis(arg("--delay-ms", 100));
+    let hosts = bench_flag("--hosts", 200) as usize;
+    let pages = bench_flag("--pages", 49) as usize;
+    let delay = Duration::from_millis(bench_flag("--delay-ms", 100));
     let total = 1 + hosts * (1 + pages);
     let (ips, port) = serve_hosts(hosts, pages, delay).await;
     let cap = (total + 10).to_string();

@@ -134,3 +134,16 @@ pub fn assert_sample_site_result(result: &Value, base: &str, depth: u32) {
             .any(|p| p["url"].as_str().unwrap().contains("localhost"))
     );
 }
+
+/// A benchmark's `--name value` argument, or `default` when not given.
+pub fn bench_flag(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|at| args.get(at + 1))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} {v}: not a number"))
+        })
+        .unwrap_or(default)
+}

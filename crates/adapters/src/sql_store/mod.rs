@@ -85,9 +85,12 @@ mod sql {
     pub const COUNT_LEVELS: &str = "SELECT depth, COUNT(*) AS n FROM job_pages
         WHERE job_id = $1 GROUP BY depth ORDER BY depth";
     /// Keyset paging: the pages after ($3, $4) in (depth, URL) order; $3 = -1
-    /// reads from the start.
+    /// reads from the start. The row comparison is what lets the primary
+    /// key's index start right there: spelt as `depth > $3 OR (…)` it
+    /// scanned the rest of the level for every part (0.6 s a part of a
+    /// million-page result, against 0.2 ms).
     pub const READ_PAGES: &str = "SELECT page FROM job_pages
-        WHERE job_id = $1 AND depth <= $2 AND (depth > $3 OR (depth = $3 AND url > $4))
+        WHERE job_id = $1 AND depth <= $2 AND (depth, url) > ($3, $4)
         ORDER BY depth, url
         LIMIT $5";
 
