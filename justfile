@@ -26,6 +26,7 @@ bench:
     cargo bench -p cluster-tests --bench gateway_memory
     cargo bench -p cluster-tests --bench cache_hits
     cargo bench -p cluster-tests --bench polite_hosts
+    cargo bench -p cluster-tests --bench big_crawl
     cargo bench -p file-sync --bench sync_bench
 
 # The chaos soak: 1,000 jobs while services are killed every 5 s and each
