@@ -153,6 +153,17 @@ async fn bad_input_gets_a_clear_error_and_the_connection_stays_usable() {
             "forbidden_address",
             json!({"type": "submit", "jobId": "x", "url": "http://[::1]/", "depth": 1}).to_string(),
         ),
+        // The metadata address inside NAT64 and 6to4 forms.
+        (
+            "forbidden_address",
+            json!({"type": "submit", "jobId": "x", "url": "http://[64:ff9b::a9fe:a9fe]/", "depth": 1})
+                .to_string(),
+        ),
+        (
+            "forbidden_address",
+            json!({"type": "submit", "jobId": "x", "url": "http://[2002:a9fe:a9fe::1]/", "depth": 1})
+                .to_string(),
+        ),
         (
             "invalid_depth",
             json!({"jobId": "x", "urlToCrawl": url, "depthToCrawl": -1}).to_string(),
