@@ -101,7 +101,7 @@ pub struct WorkerConfig {
     #[arg(long, env = "WORKER__MAX_CRAWL_DELAY_MS", default_value_t = 5_000)]
     pub max_crawl_delay_ms: u64,
     /// The longest `Retry-After` (of a 429 or 503) honoured, in seconds.
-    #[arg(long, env = "WORKER__MAX_RETRY_AFTER_SECS", default_value_t = 60)]
+    #[arg(long, env = "WORKER__MAX_RETRY_AFTER_SECS", default_value_t = 30)]
     pub max_retry_after_secs: u64,
     /// How long a host's robots.txt is kept, in seconds (at most a day).
     #[arg(long, env = "WORKER__ROBOTS_TTL_SECS", default_value_t = 3_600)]
