@@ -82,10 +82,6 @@ impl Politeness {
         }
     }
 
-    pub fn settings(&self) -> &PolitenessSettings {
-        &self.settings
-    }
-
     /// Waits until `url` may be fetched by `agent`, or says why it may not.
     pub async fn admit(
         &self,
@@ -109,11 +105,6 @@ impl Politeness {
         // With no limit and no delay (politeness off), the shared gate is
         // not asked: only the pauses this worker was asked for hold.
         let off = self.settings.host_concurrency == 0 && delay.is_zero();
-        let shared = if off || self.gate_recently_failed() {
-            self.own.clone() as Arc<dyn HostGate>
-        } else {
-            self.gate.clone()
-        };
         let limits = HostLimits {
             concurrency: self.settings.host_concurrency,
             delay,
@@ -132,30 +123,43 @@ impl Politeness {
         } else {
             Some(self.turns.take(host).await)
         };
-        let admission = self.enter(&shared, host, ticket, limits).await;
+        let admission = self.enter(off, host, ticket, limits).await;
         drop(turn);
         admission
     }
 
-    /// Asks the gate until a slot on `host` is taken.
-    async fn enter(
-        &self,
-        shared: &Arc<dyn HostGate>,
-        host: &str,
-        ticket: String,
-        limits: HostLimits,
-    ) -> Admission {
+    /// Asks a gate until a slot on `host` is taken: the shared one unless
+    /// politeness is `off` or the shared gate failed a moment ago, in which
+    /// case (and when it fails now) this worker's own.
+    async fn enter(&self, off: bool, host: &str, ticket: String, limits: HostLimits) -> Admission {
+        let own = || self.own.clone() as Arc<dyn HostGate>;
         loop {
-            let (gate, answer) = match shared.try_enter(host, &ticket, limits).await {
-                Ok(answer) => {
-                    self.gate_back();
-                    (shared.clone(), answer)
-                }
-                Err(e) => {
-                    self.gate_lost(&e);
-                    let own: Arc<dyn HostGate> = self.own.clone();
-                    let answer = own.try_enter(host, &ticket, limits).await.ok().flatten();
-                    (own, answer)
+            let (gate, answer) = if off || self.gate_recently_failed() {
+                (
+                    own(),
+                    self.own
+                        .try_enter(host, &ticket, limits)
+                        .await
+                        .ok()
+                        .flatten(),
+                )
+            } else {
+                match self.gate.try_enter(host, &ticket, limits).await {
+                    Ok(answer) => {
+                        self.gate_back();
+                        (self.gate.clone(), answer)
+                    }
+                    Err(e) => {
+                        self.gate_lost(&e);
+                        (
+                            own(),
+                            self.own
+                                .try_enter(host, &ticket, limits)
+                                .await
+                                .ok()
+                                .flatten(),
+                        )
+                    }
                 }
             };
             match answer {
