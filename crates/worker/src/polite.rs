@@ -132,17 +132,9 @@ impl Politeness {
     /// politeness is `off` or the shared gate failed a moment ago, in which
     /// case (and when it fails now) this worker's own.
     async fn enter(&self, off: bool, host: &str, ticket: String, limits: HostLimits) -> Admission {
-        let own = || self.own.clone() as Arc<dyn HostGate>;
         loop {
             let (gate, answer) = if off || self.gate_recently_failed() {
-                (
-                    own(),
-                    self.own
-                        .try_enter(host, &ticket, limits)
-                        .await
-                        .ok()
-                        .flatten(),
-                )
+                self.try_own(host, &ticket, limits).await
             } else {
                 match self.gate.try_enter(host, &ticket, limits).await {
                     Ok(answer) => {
@@ -151,14 +143,7 @@ impl Politeness {
                     }
                     Err(e) => {
                         self.gate_lost(&e);
-                        (
-                            own(),
-                            self.own
-                                .try_enter(host, &ticket, limits)
-                                .await
-                                .ok()
-                                .flatten(),
-                        )
+                        self.try_own(host, &ticket, limits).await
                     }
                 }
             };
@@ -171,6 +156,22 @@ impl Politeness {
                 Some(wait) => tokio::time::sleep(wait).await,
             }
         }
+    }
+
+    /// Asks this worker's own gate (which never fails).
+    async fn try_own(
+        &self,
+        host: &str,
+        ticket: &str,
+        limits: HostLimits,
+    ) -> (Arc<dyn HostGate>, Option<Duration>) {
+        let answer = self
+            .own
+            .try_enter(host, ticket, limits)
+            .await
+            .ok()
+            .flatten();
+        (self.own.clone(), answer)
     }
 
     /// The host asked for a pause of `asked` (capped): nothing starts on it
