@@ -21,6 +21,7 @@ pub mod election;
 pub mod gate;
 pub mod queue;
 pub mod store;
+pub mod tokens;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -79,7 +79,8 @@ pub async fn cluster_engines(cfg: &ClusterEngineConfig) -> AdapterResult<Engines
         queue: Arc::new(queue),
         cache: Arc::new(cache),
         store: store.clone(),
-        election: store,
+        election: store.clone(),
+        tokens: store,
     })
 }
 
@@ -92,6 +93,7 @@ pub async fn embedded_engines() -> AdapterResult<Engines> {
         queue: Arc::new(MemoryQueue::new(QueueSettings::default())),
         cache: Arc::new(MemoryCache::new(MemoryCache::DEFAULT_CAPACITY_PAGES)),
         store: store.clone(),
-        election: store,
+        election: store.clone(),
+        tokens: store,
     })
 }

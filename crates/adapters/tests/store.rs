@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crawler_adapters::conformance::Subject;
 use crawler_adapters::{PgStore, SqliteStore};
-use crawler_core::ports::{Election, JobStore};
+use crawler_core::ports::{Election, JobStore, TokenStore};
 
 async fn postgres() -> Subject<dyn JobStore> {
     let (store, teardown) = fresh_postgres().await;
@@ -39,6 +39,15 @@ async fn sqlite() -> Subject<dyn JobStore> {
     Subject::new(Arc::new(SqliteStore::in_memory().await.expect("SQLite")))
 }
 
+async fn postgres_tokens() -> Subject<dyn TokenStore> {
+    let (store, teardown) = fresh_postgres().await;
+    Subject::new(store as Arc<dyn TokenStore>).with_teardown(teardown)
+}
+
+async fn sqlite_tokens() -> Subject<dyn TokenStore> {
+    Subject::new(Arc::new(SqliteStore::in_memory().await.expect("SQLite")))
+}
+
 async fn sqlite_election() -> Subject<dyn Election> {
     Subject::new(Arc::new(SqliteStore::in_memory().await.expect("SQLite")))
 }
@@ -57,4 +66,12 @@ mod election_on_postgres {
 
 mod election_on_sqlite {
     crawler_adapters::election_conformance!(super::sqlite_election());
+}
+
+mod tokens_on_postgres {
+    crawler_adapters::tokens_conformance!(super::postgres_tokens());
+}
+
+mod tokens_on_sqlite {
+    crawler_adapters::tokens_conformance!(super::sqlite_tokens());
 }

@@ -59,6 +59,8 @@ async fn gateway(cluster: &Cluster, name: &str, extra: &[&str]) -> Service {
         "127.0.0.0/8",
         "--max-connections",
         "100000",
+        "--auth",
+        "none",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -464,6 +464,10 @@ impl Cluster {
             s("--allow-network"),
             s("127.0.0.0/8"),
         ];
+        // Clients need no token unless the test asks for token auth.
+        if !spec.gateway_args.iter().any(|a| a == "--auth") {
+            gateway_args.extend([s("--auth"), s("none")]);
+        }
         gateway_args.extend(spec.gateway_args.iter().cloned());
         let gateway = Service::start("ws-gateway", "ws-gateway", &gateway_args, true).await;
         let mut other_gateways = Vec::new();
@@ -564,6 +568,37 @@ impl Cluster {
 
     pub fn database_url(&self) -> String {
         format!("{}/{}", self.engines.postgres_server, self.database)
+    }
+
+    /// Runs `crawlctl token ARGS` on this cluster's store, as an operator
+    /// would, and returns its stdout once it succeeded.
+    pub async fn token_command(&self, args: &[&str]) -> String {
+        let database_url = self.database_url();
+        let mut all = vec!["token", "--database-url", &database_url];
+        all.extend(args);
+        let run = tokio::process::Command::new(binary("crawlctl"))
+            .args(&all)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("crawlctl ended")
+            .expect("run crawlctl");
+        assert!(
+            out.status.success(),
+            "crawlctl {all:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("UTF-8")
+            .trim()
+            .to_string()
+    }
+
+    /// A new API token of `tenant` (for a gateway run with `--auth token`).
+    pub async fn new_token(&self, name: &str, tenant: &str) -> String {
+        self.token_command(&["create", "--name", name, "--tenant", tenant])
+            .await
     }
 
     /// The index of the master whose log holds `needle`, waiting (with a

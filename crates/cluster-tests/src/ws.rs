@@ -11,6 +11,19 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+type Request = tokio_tungstenite::tungstenite::handshake::client::Request;
+
+/// An upgrade request to `ws_url`, with `token` as `Authorization: Bearer`.
+fn upgrade(ws_url: &str, token: Option<&str>) -> Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = ws_url.into_client_request().expect("a websocket URL");
+    if let Some(token) = token {
+        let value = format!("Bearer {token}").parse().expect("a header value");
+        request.headers_mut().insert("authorization", value);
+    }
+    request
+}
+
 pub struct WsClient {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// Messages read while waiting for another one.
@@ -25,7 +38,35 @@ pub struct WsClient {
 impl WsClient {
     /// Connects and reads the `welcome` message.
     pub async fn connect(ws_url: &str) -> Self {
-        let (socket, _) = tokio_tungstenite::connect_async(ws_url)
+        Self::connect_as(ws_url, None).await
+    }
+
+    /// Connects with `token` as `Authorization: Bearer`.
+    pub async fn connect_with_token(ws_url: &str, token: &str) -> Self {
+        Self::connect_as(ws_url, Some(token)).await
+    }
+
+    /// The gateway's refusal of an upgrade: its HTTP status and the JSON
+    /// `error` in its body.
+    pub async fn refused_upgrade(ws_url: &str, token: Option<&str>) -> (u16, Value) {
+        match tokio_tungstenite::connect_async(upgrade(ws_url, token)).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response.body().as_deref().unwrap_or_default();
+                let error = serde_json::from_slice(body).unwrap_or_else(|e| {
+                    panic!(
+                        "the refusal is not JSON ({e}): {}",
+                        String::from_utf8_lossy(body)
+                    )
+                });
+                (response.status().as_u16(), error)
+            }
+            Err(e) => panic!("cannot connect to {ws_url}: {e}"),
+            Ok(_) => panic!("{ws_url} took the connection"),
+        }
+    }
+
+    async fn connect_as(ws_url: &str, token: Option<&str>) -> Self {
+        let (socket, _) = tokio_tungstenite::connect_async(upgrade(ws_url, token))
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {ws_url}: {e}"));
         let mut client = Self {

@@ -66,8 +66,10 @@ async fn the_compose_cluster_crawls_through_haproxy_and_survives_a_master_kill()
     let ws = var("CRAWLER_COMPOSE_WS", "ws://127.0.0.1:8080/ws");
     let bind = var("CRAWLER_COMPOSE_SITE_BIND", "10.89.240.1:0");
     let site = TestSite::serve_on(&bind, SitePlan::tree(&[3, 2]).gate_depth(2)).await;
+    // The cluster's gateways need an API token; scripts/compose-test makes one.
+    let token = var("CRAWLER_COMPOSE_TOKEN", "");
     let started = Instant::now();
-    let mut client = WsClient::connect(&ws).await;
+    let mut client = WsClient::connect(&format!("{ws}?token={token}")).await;
     client
         .send_json(&json!({"jobId": "compose", "urlToCrawl": site.url("/"), "depthToCrawl": 2}))
         .await;

@@ -66,7 +66,11 @@ fn artifacts() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crawl_submitted_on_the_web_page_shows_its_levels() {
-    let cluster = ClusterSpec::new(1, 2).start().await;
+    let cluster = ClusterSpec::new(1, 2)
+        .gateway_args(&["--auth", "token"])
+        .start()
+        .await;
+    let token = cluster.new_token("web", "web").await;
     let site = TestSite::serve(SitePlan::tree(&[3, 2])).await;
     let driver = chromedriver().await;
     let profile = tempfile::tempdir().unwrap();
@@ -100,6 +104,30 @@ async fn a_crawl_submitted_on_the_web_page_shows_its_levels() {
         ))
         .await
         .expect("the page connects to the gateway");
+
+    // The token goes in once; the page sends it in an `auth` message.
+    browser
+        .find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(&token)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Id("signIn"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath(
+            "//div[@id='connection'][contains(., 'Signed in for tenant web.')]",
+        ))
+        .await
+        .expect("the gateway takes the page's token");
 
     // A crawl of the loopback site to depth 2: levels of 1, 3 and 6 pages.
     browser
@@ -188,5 +216,7 @@ async fn a_crawl_submitted_on_the_web_page_shows_its_levels() {
     );
 
     browser.close().await.unwrap();
+    // The token never travelled in a URL, so no log line holds it.
+    assert_eq!(cluster.gateway.count_log(&token), 0);
     cluster.cleanup().await;
 }

@@ -52,6 +52,12 @@ pub enum ErrorCode {
     NotLeader,
     /// Too many requests, or too many jobs running, for this client; retry later.
     RateLimited,
+    /// No credential, or one that is wrong, revoked or expired.
+    Unauthenticated,
+    /// The credential is good but does not allow this (a role it lacks).
+    PermissionDenied,
+    /// The tenant used up a quota (running jobs, jobs an hour, pages a day).
+    QuotaExceeded,
     /// Something that should not happen did.
     Internal,
 }
@@ -82,6 +88,9 @@ impl ErrorCode {
             Self::FileChanged => "file_changed",
             Self::NotLeader => "not_leader",
             Self::RateLimited => "rate_limited",
+            Self::Unauthenticated => "unauthenticated",
+            Self::PermissionDenied => "permission_denied",
+            Self::QuotaExceeded => "quota_exceeded",
             Self::Internal => "internal",
         }
     }
@@ -103,7 +112,9 @@ impl ErrorCode {
             Self::ForbiddenAddress => Code::PermissionDenied,
             Self::UnresolvableHost | Self::UnknownJob | Self::UnknownSpider => Code::NotFound,
             Self::DuplicateJob => Code::AlreadyExists,
-            Self::RateLimited => Code::ResourceExhausted,
+            Self::RateLimited | Self::QuotaExceeded => Code::ResourceExhausted,
+            Self::Unauthenticated => Code::Unauthenticated,
+            Self::PermissionDenied => Code::PermissionDenied,
             Self::Unavailable | Self::NotLeader => Code::Unavailable,
             Self::StaleLease | Self::ProtocolMismatch | Self::FileChanged => {
                 Code::FailedPrecondition
@@ -114,7 +125,7 @@ impl ErrorCode {
     }
 
     /// Every code, for parsing and for tests.
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 27] = [
         Self::InvalidJson,
         Self::InvalidMessage,
         Self::UnknownType,
@@ -138,6 +149,9 @@ impl ErrorCode {
         Self::FileChanged,
         Self::NotLeader,
         Self::RateLimited,
+        Self::Unauthenticated,
+        Self::PermissionDenied,
+        Self::QuotaExceeded,
         Self::Internal,
     ];
 

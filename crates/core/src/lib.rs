@@ -3,6 +3,7 @@
 //! shutdown handling and the traits the engine adapters implement.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod error_code;
 pub mod events;

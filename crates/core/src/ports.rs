@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::Stream;
 
+use crate::auth::{ApiToken, Tenant, TenantUsage, TokenDigest};
 use crate::lease::Leadership;
 use crate::model::{
     CachedCrawl, Checkpoint, JobFailure, JobId, JobRecord, JobSpec, LevelDone, PageFacts,
@@ -375,6 +376,15 @@ pub trait JobStore: Send + Sync + 'static {
     async fn open_jobs(&self, client_id: &str, limit: u32) -> AdapterResult<Vec<JobRecord>>;
     /// How many of a client's jobs are queued or running.
     async fn unfinished_jobs(&self, client_id: &str) -> AdapterResult<u32>;
+    /// What a tenant's jobs (those whose client keys start with its
+    /// [`Tenant::key_prefix`]) use: running now, accepted since
+    /// `hour_ago_ms`, and pages of jobs accepted since `day_ago_ms`.
+    async fn tenant_usage(
+        &self,
+        tenant: &Tenant,
+        hour_ago_ms: u64,
+        day_ago_ms: u64,
+    ) -> AdapterResult<TenantUsage>;
     /// Whether the database answers now (readiness).
     async fn ping(&self) -> AdapterResult<()>;
 
@@ -394,6 +404,28 @@ pub trait JobStore: Send + Sync + 'static {
     /// Points the job's events at another gateway (its client reconnected
     /// there); the master reads it back when the job completes.
     async fn reroute(&self, job_id: &JobId, gateway_key: &str) -> AdapterResult<()>;
+}
+
+/// A new token's name is taken already.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("a token named `{0}` exists already; revoke it or choose another name")]
+    NameTaken(String),
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
+}
+
+/// The gateway's API tokens, kept as digests (see [`crate::auth`]).
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    /// Records a token under a unique name.
+    async fn create_token(&self, token: &ApiToken, digest: &TokenDigest) -> Result<(), TokenError>;
+    /// The token with this digest, revoked or not.
+    async fn token_by_digest(&self, digest: &TokenDigest) -> AdapterResult<Option<ApiToken>>;
+    /// Every token, oldest first.
+    async fn list_tokens(&self) -> AdapterResult<Vec<ApiToken>>;
+    /// Revokes the named token; false when no live token has that name.
+    async fn revoke_token(&self, name: &str, now_ms: u64) -> AdapterResult<bool>;
 }
 
 /// Leader election among lock-server replicas, through the store they share.
@@ -420,4 +452,6 @@ pub struct Engines {
     pub store: Arc<dyn JobStore>,
     /// The lock-server replicas' election, on the same database as `store`.
     pub election: Arc<dyn Election>,
+    /// The gateway's API tokens, on the same database as `store`.
+    pub tokens: Arc<dyn TokenStore>,
 }

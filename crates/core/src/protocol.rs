@@ -75,10 +75,49 @@ impl StatusRequest {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An `auth` message as a client writes it: how a browser, which cannot
+/// set an `Authorization` header on a websocket, presents its token.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename = "auth")]
+pub struct AuthRequest {
+    pub token: String,
+}
+
+impl AuthRequest {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("requests always serialise")
+    }
+}
+
+impl std::fmt::Debug for AuthRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthRequest { token: … }")
+    }
+}
+
+/// Longest token an `auth` message may carry; real ones are 70 characters.
+pub const MAX_TOKEN_LEN: usize = 256;
+
+#[derive(Clone, PartialEq, Eq)]
 pub enum ClientMessage {
     Submit(Submit),
-    Status { job_id: String },
+    Status {
+        job_id: String,
+    },
+    /// A token for this connection; never printed.
+    Auth {
+        token: String,
+    },
+}
+
+impl std::fmt::Debug for ClientMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Submit(submit) => f.debug_tuple("Submit").field(submit).finish(),
+            Self::Status { job_id } => f.debug_struct("Status").field("job_id", job_id).finish(),
+            Self::Auth { .. } => f.write_str("Auth { token: … }"),
+        }
+    }
 }
 
 /// Why a frame was refused.
@@ -125,7 +164,7 @@ pub fn parse_client_message(text: &str, limits: &Limits) -> Result<ClientMessage
         }
         None => Err(with_job(ProtocolError::new(
             ErrorCode::MissingField,
-            "field `type` is required (\"submit\" or \"status\")",
+            "field `type` is required (\"submit\", \"status\" or \"auth\")",
         ))),
         Some(Value::String(t)) if t == "submit" => {
             parse_submit(&obj, limits, Legacy::No).map_err(with_job)
@@ -133,9 +172,21 @@ pub fn parse_client_message(text: &str, limits: &Limits) -> Result<ClientMessage
         Some(Value::String(t)) if t == "status" => Ok(ClientMessage::Status {
             job_id: required_job_id(&obj).map_err(with_job)?,
         }),
+        Some(Value::String(t)) if t == "auth" => match obj.get("token") {
+            Some(Value::String(token)) if (1..=MAX_TOKEN_LEN).contains(&token.len()) => {
+                Ok(ClientMessage::Auth {
+                    token: token.clone(),
+                })
+            }
+            None => Err(missing("token")),
+            Some(_) => Err(wrong_type(
+                "token",
+                &format!("a string of 1 to {MAX_TOKEN_LEN} characters"),
+            )),
+        },
         Some(Value::String(t)) => Err(with_job(ProtocolError::new(
             ErrorCode::UnknownType,
-            format!("unknown message type `{t:.64}`; expected \"submit\" or \"status\""),
+            format!("unknown message type `{t:.64}`; expected \"submit\", \"status\" or \"auth\""),
         ))),
         Some(_) => Err(with_job(ProtocolError::new(
             ErrorCode::InvalidField,
@@ -313,6 +364,8 @@ pub enum ServerMessage {
     /// jobs are kept. Reconnect with `?clientId=` to ask about them later.
     #[serde(rename_all = "camelCase")]
     Welcome { client_id: String, gateway: String },
+    /// The connection's token was accepted: its jobs are the tenant's.
+    Authenticated { tenant: String },
     #[serde(rename_all = "camelCase")]
     Accepted {
         job_id: String,

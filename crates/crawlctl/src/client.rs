@@ -48,7 +48,11 @@ impl Failure {
     fn from_error(code: ErrorCode, message: &str) -> Self {
         let said = format!("{code}: {message}");
         match code {
-            ErrorCode::RateLimited | ErrorCode::Unavailable => Self::Refused(said),
+            ErrorCode::RateLimited
+            | ErrorCode::QuotaExceeded
+            | ErrorCode::Unauthenticated
+            | ErrorCode::PermissionDenied
+            | ErrorCode::Unavailable => Self::Refused(said),
             ErrorCode::CrawlFailed | ErrorCode::Internal | ErrorCode::StaleLease => {
                 Self::CrawlFailed(said)
             }
@@ -56,6 +60,56 @@ impl Failure {
         }
     }
 }
+
+/// A gateway to crawl through, and the API token it needs, if any.
+#[derive(Clone)]
+pub struct Gateway {
+    /// Its websocket URL, e.g. `ws://127.0.0.1:8080/ws`.
+    pub url: String,
+    pub token: Option<String>,
+}
+
+impl Gateway {
+    /// A gateway that needs no token (`--auth none`, the embedded cluster).
+    pub fn open(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            token: None,
+        }
+    }
+
+    /// The upgrade request, with the token as `Authorization: Bearer`.
+    fn request(&self, client_id: Option<&str>) -> Result<Request, Failure> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = match client_id {
+            Some(id) => with_client_id(&self.url, id),
+            None => self.url.clone(),
+        };
+        let mut request = url.into_client_request().map_err(|e| {
+            Failure::BadInput(format!("`{}` is not a websocket URL: {e}", self.url))
+        })?;
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                Failure::BadInput("the token holds characters no header may".into())
+            })?;
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, value);
+        }
+        Ok(request)
+    }
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+type Request = tokio_tungstenite::tungstenite::handshake::client::Request;
 
 /// Where a running crawl stands.
 #[derive(Debug, Clone, Copy)]
@@ -84,19 +138,17 @@ enum Session {
 /// (a [`ServerMessage::Result`], put back together when it came in parts),
 /// calling `on_progress` as the crawl advances.
 pub async fn crawl(
-    ws_url: &str,
+    gateway: &Gateway,
     request: &SubmitRequest,
     mut on_progress: impl FnMut(Progress),
 ) -> Result<ServerMessage, Failure> {
+    let ws_url = gateway.url.as_str();
     let mut client_id: Option<String> = None;
     let mut backoff = RECONNECT.backoff();
     let never = CancellationToken::new();
     loop {
-        let url = match &client_id {
-            Some(id) => with_client_id(ws_url, id),
-            None => ws_url.to_string(),
-        };
-        let connected = tokio_tungstenite::connect_async(url.as_str()).await;
+        let upgrade = gateway.request(client_id.as_deref())?;
+        let connected = tokio_tungstenite::connect_async(upgrade).await;
         let session = match connected {
             Ok((socket, _)) => {
                 backoff.reset();
@@ -105,12 +157,12 @@ pub async fn crawl(
             // The gateway answered, and said no (it holds its maximum of
             // connections): that is a refusal, with its reason.
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                let reason = response
-                    .body()
-                    .as_deref()
-                    .map(String::from_utf8_lossy)
-                    .unwrap_or_default()
-                    .into_owned();
+                let body = response.body().as_deref().unwrap_or_default();
+                // A refused token comes as the `error` message a connection would get.
+                let reason = match serde_json::from_slice::<ServerMessage>(body) {
+                    Ok(ServerMessage::Error { code, message, .. }) => format!("{code}: {message}"),
+                    _ => String::from_utf8_lossy(body).into_owned(),
+                };
                 return Err(Failure::Refused(format!(
                     "the gateway at {ws_url} refused the connection ({}): {reason}",
                     response.status()

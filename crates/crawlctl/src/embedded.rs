@@ -84,6 +84,9 @@ impl EmbeddedCluster {
 
         let mut gateway_config = GatewayConfig::local(loopback, options.allow_network);
         gateway_config.max_depth = options.max_depth;
+        // The embedded gateway listens on loopback only, for this process's
+        // user: it needs no token.
+        gateway_config.auth = ws_gateway::AuthMode::None;
         let gateway = Gateway::build(gateway_config, engines).await?;
         let gateway_addr = gateway.local_addr();
         tasks.spawn(gateway.run_until_stopped(shutdown.clone()));
@@ -98,6 +101,11 @@ impl EmbeddedCluster {
 
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.gateway)
+    }
+
+    /// The embedded gateway, which takes no token.
+    pub fn gateway(&self) -> crate::client::Gateway {
+        crate::client::Gateway::open(self.ws_url())
     }
 
     pub async fn stop(mut self) {

@@ -5,3 +5,4 @@ pub mod client;
 pub mod embedded;
 pub mod probe;
 pub mod sample_site;
+pub mod tokens;

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use crawlctl::client::{self, Failure};
 use crawlctl::embedded::{EmbeddedCluster, EmbeddedOptions};
 use crawlctl::sample_site::SampleSite;
+use crawler_adapters::StoreArgs;
 use crawler_core::protocol::SubmitRequest;
 use indicatif::{ProgressBar, ProgressStyle};
 use ipnet::IpNet;
@@ -55,6 +56,17 @@ enum Command {
         /// Fetch pages robots.txt disallows (workers whose operator forces robots.txt refuse them still).
         #[arg(long)]
         ignore_robots: bool,
+        /// API token for the gateway (`crawlctl token create`), sent as
+        /// `Authorization: Bearer`; not needed by the embedded cluster.
+        #[arg(long, env = "CRAWLCTL__TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Make, list and revoke the gateway's API tokens, in the job store.
+    Token {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Publish, list and fetch spiders on a file-sync server.
     Spider {
@@ -80,6 +92,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token and print it once, on stdout: it cannot be shown again.
+    Create {
+        /// Unique name of the token, to revoke it by.
+        #[arg(long)]
+        name: String,
+        /// Tenant whose jobs the token's clients own; the name when unset.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List every token (never their secrets).
+    List,
+    /// Revoke a token: gateways refuse it within seconds.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand)]
@@ -127,6 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             job_id,
             spider,
             ignore_robots,
+            token,
         } => {
             let request = SubmitRequest {
                 job_id: job_id.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4().simple())),
@@ -139,7 +169,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 respect_robots: !ignore_robots,
             };
             match gateway {
-                Some(ws_url) => crawl_and_print(&ws_url, &request, json).await,
+                Some(ws_url) => {
+                    let gateway = client::Gateway { url: ws_url, token };
+                    crawl_and_print(&gateway, &request, json).await
+                }
                 None => {
                     let cluster = EmbeddedCluster::start(EmbeddedOptions {
                         allow_network,
@@ -147,12 +180,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                     .await
                     .context("starting the embedded cluster")?;
-                    let outcome = crawl_and_print(&cluster.ws_url(), &request, json).await;
+                    let outcome = crawl_and_print(&cluster.gateway(), &request, json).await;
                     cluster.stop().await;
                     outcome
                 }
             }
         }
+        Command::Token { store, command } => token(&store.database_url, command).await,
         Command::Spider { file_sync, command } => spider(&file_sync, command).await,
         Command::Probe { url } => crawlctl::probe::check(&url).await,
         Command::Demo { depth, json } => {
@@ -176,11 +210,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 spider: None,
                 respect_robots: true,
             };
-            let outcome = crawl_and_print(&cluster.ws_url(), &request, json).await;
+            let outcome = crawl_and_print(&cluster.gateway(), &request, json).await;
             cluster.stop().await;
             outcome
         }
     }
+}
+
+async fn token(database_url: &str, command: TokenCommand) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match command {
+        TokenCommand::Create { name, tenant } => {
+            let made =
+                crawlctl::tokens::create(database_url, &name, tenant.as_deref(), &mut stdout)
+                    .await?;
+            eprintln!(
+                "token `{}` of tenant `{}` made; keep it now, it is not shown again",
+                made.name, made.tenant
+            );
+        }
+        TokenCommand::List => crawlctl::tokens::list(database_url, &mut stdout).await?,
+        TokenCommand::Revoke { name } => {
+            crawlctl::tokens::revoke(database_url, &name).await?;
+            eprintln!("token `{name}` revoked");
+        }
+    }
+    Ok(())
 }
 
 async fn spider(file_sync: &str, command: SpiderCommand) -> anyhow::Result<()> {
@@ -222,7 +277,11 @@ async fn spider(file_sync: &str, command: SpiderCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn crawl_and_print(ws_url: &str, request: &SubmitRequest, json: bool) -> anyhow::Result<()> {
+async fn crawl_and_print(
+    gateway: &client::Gateway,
+    request: &SubmitRequest,
+    json: bool,
+) -> anyhow::Result<()> {
     // Drawn only when stderr is a terminal (indicatif hides it otherwise).
     let bar = ProgressBar::new_spinner().with_style(
         ProgressStyle::with_template(
@@ -232,7 +291,7 @@ async fn crawl_and_print(ws_url: &str, request: &SubmitRequest, json: bool) -> a
     );
     bar.set_message("0");
     bar.enable_steady_tick(Duration::from_millis(120));
-    let crawled = client::crawl(ws_url, request, |p| {
+    let crawled = client::crawl(gateway, request, |p| {
         bar.set_position(u64::from(p.pages_done));
         bar.set_message(p.current_depth.to_string());
     })

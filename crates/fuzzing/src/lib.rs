@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crawler_core::protocol::{ClientMessage, Limits, parse_client_message};
+use crawler_core::protocol::{ClientMessage, Limits, MAX_TOKEN_LEN, parse_client_message};
 use crawler_core::urls::{MAX_URL_LEN, clean_href, parse_absolute, resolve_link};
 use url::Url;
 use worker::extract::LinkExtractor;
@@ -31,6 +31,13 @@ pub fn client_message(data: &[u8]) {
             assert!(!submit.job_id.is_empty(), "{submit:?}");
         }
         Ok(ClientMessage::Status { job_id }) => assert!(!job_id.is_empty()),
+        Ok(ClientMessage::Auth { token }) => {
+            assert!(
+                (1..=MAX_TOKEN_LEN).contains(&token.len()),
+                "{}",
+                token.len()
+            )
+        }
         Err(refusal) => assert!(!refusal.message.is_empty(), "{refusal:?}"),
     }
 }

@@ -11,6 +11,9 @@ use crawler_core::protocol::Limits;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::auth::AuthMode;
+use crate::quotas::Quotas;
+
 #[derive(Debug, Clone, Parser, Serialize)]
 #[command(
     name = "ws-gateway",
@@ -88,6 +91,28 @@ pub struct GatewayConfig {
     /// message at once (the library's default is 128 KiB).
     #[arg(long, env = "WS_GATEWAY__WS_WRITE_BUFFER_BYTES", default_value_t = 0)]
     pub ws_write_buffer_bytes: usize,
+    /// How clients authenticate: `token` (API tokens made with `crawlctl
+    /// token create`) or `none`, for local development only.
+    #[arg(long, env = "WS_GATEWAY__AUTH", value_enum, default_value_t = AuthMode::Token)]
+    pub auth: AuthMode,
+    /// Jobs one tenant may have queued or running at once (with `--auth token`).
+    #[arg(long, env = "WS_GATEWAY__TENANT_RUNNING_JOBS", default_value_t = 200)]
+    pub tenant_running_jobs: u32,
+    /// Jobs one tenant may submit an hour, answers from the cache included.
+    #[arg(
+        long,
+        env = "WS_GATEWAY__TENANT_JOBS_PER_HOUR",
+        default_value_t = 10_000
+    )]
+    pub tenant_jobs_per_hour: u32,
+    /// Pages the results of one tenant's jobs of the last 24 hours may hold
+    /// (answers from the cache included) before its next job is refused.
+    #[arg(
+        long,
+        env = "WS_GATEWAY__TENANT_PAGES_PER_DAY",
+        default_value_t = 5_000_000
+    )]
+    pub tenant_pages_per_day: u64,
     /// Networks that may be crawled although they are loopback, private or link-local (comma-separated CIDRs).
     #[arg(
         long = "allow-network",
@@ -100,7 +125,8 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Defaults, for tests and the embedded mode; the environment is not read.
+    /// Defaults, for tests and the embedded mode; the environment is not
+    /// read. Clients still need tokens unless the caller sets `auth`.
     pub fn local(listen: SocketAddr, allow_network: Vec<IpNet>) -> Self {
         let mut cfg: Self = crawler_core::config::defaults();
         cfg.listen = listen;
@@ -139,6 +165,12 @@ impl GatewayConfig {
             "--max-running-jobs must be at least 1"
         );
         anyhow::ensure!(
+            self.tenant_running_jobs >= 1
+                && self.tenant_jobs_per_hour >= 1
+                && self.tenant_pages_per_day >= 1,
+            "--tenant-running-jobs, --tenant-jobs-per-hour and --tenant-pages-per-day must be at least 1"
+        );
+        anyhow::ensure!(
             self.write_timeout_secs >= 1,
             "--write-timeout-secs must be at least 1"
         );
@@ -162,6 +194,14 @@ impl GatewayConfig {
             max_depth: self.max_depth,
             max_pages: self.max_pages,
             default_pages: self.default_max_pages,
+        }
+    }
+
+    pub fn quotas(&self) -> Quotas {
+        Quotas {
+            running_jobs: self.tenant_running_jobs,
+            jobs_per_hour: self.tenant_jobs_per_hour,
+            pages_per_day: self.tenant_pages_per_day,
         }
     }
 

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
+use crate::auth::{self, Identity};
 use crate::delivery::{self, Outgoing, Writer};
 use crate::metrics::Metrics;
 use crate::requests;
@@ -40,8 +41,9 @@ const TOO_BIG: u16 = 1009;
 pub struct Client {
     pub id: String,
     /// The client named itself (`?clientId=`): it may have jobs from an
-    /// earlier connection, whose outcomes it is sent now.
+    /// earlier connection, whose outcomes it is sent once it is known.
     pub returning: bool,
+    pub identity: Identity,
 }
 
 /// One of the gateway's `--max-connections`, held for a connection's life.
@@ -131,8 +133,13 @@ impl Reach for Reachable {
 /// Serves one client until it leaves, is idle too long, does not read, or
 /// the gateway stops. Generic over the socket halves so it can be driven by
 /// channels in tests.
-pub async fn serve<S, R, E>(state: AppState, client: Client, slot: Slot, mut sink: S, mut stream: R)
-where
+pub async fn serve<S, R, E>(
+    state: AppState,
+    mut client: Client,
+    slot: Slot,
+    mut sink: S,
+    mut stream: R,
+) where
     S: Sink<Message> + Unpin + Send,
     R: Stream<Item = Result<Message, E>> + Unpin + Send,
     E: ReadError,
@@ -186,7 +193,7 @@ where
                 pinged = false;
                 let replies = match incoming {
                     Some(Ok(Message::Text(text))) => {
-                        Box::pin(handle_text(&state, &client.id, text.as_str(), &mut reach, &mut submits)).await
+                        Box::pin(handle_text(&state, &mut client, text.as_str(), &mut reach, &mut submits)).await
                     }
                     Some(Ok(Message::Binary(_))) => vec![Outgoing::message(ServerMessage::error(
                         None,
@@ -241,14 +248,25 @@ async fn greet<S: Sink<Message> + Unpin + Send>(
     if !socket(state, sink).write(welcome).await {
         return false;
     }
-    if client.returning {
-        for owed in requests::owed_to(state, &client.id, reach).await {
-            if !dispatch(state, &mut socket(state, sink), owed).await {
-                return false;
-            }
+    for owed in owed_on_arrival(state, client, reach).await {
+        if !dispatch(state, &mut socket(state, sink), owed).await {
+            return false;
         }
     }
     true
+}
+
+/// What a returning client is owed once it is known: at once when it
+/// authenticated on the upgrade (or needs not), after its `auth` otherwise.
+async fn owed_on_arrival(
+    state: &AppState,
+    client: &Client,
+    reach: &mut Reachable,
+) -> Vec<Outgoing> {
+    match client.identity.client_key(&client.id) {
+        Some(key) if client.returning => requests::owed_to(state, &key, reach).await,
+        _ => Vec::new(),
+    }
 }
 
 /// Sends one queued item; false once the connection is broken.
@@ -261,7 +279,7 @@ async fn dispatch<W: Writer>(state: &AppState, out: &mut W, owed: Outgoing) -> b
 
 async fn handle_text(
     state: &AppState,
-    client_id: &str,
+    client: &mut Client,
     text: &str,
     reach: &mut Reachable,
     submits: &mut Option<Box<DefaultDirectRateLimiter>>,
@@ -277,8 +295,39 @@ async fn handle_text(
             ),
         ))];
     }
-    match parse_client_message(text, &state.limits) {
-        Ok(ClientMessage::Submit(submit)) => {
+    let message = match parse_client_message(text, &state.limits) {
+        Ok(ClientMessage::Auth { token }) => {
+            return authenticate(state, client, &token, reach).await;
+        }
+        Ok(message) => message,
+        Err(e) => return vec![Outgoing::message(e.into())],
+    };
+    let job_id = match &message {
+        ClientMessage::Submit(submit) => Some(submit.job_id.clone()),
+        ClientMessage::Status { job_id } => Some(job_id.clone()),
+        ClientMessage::Auth { .. } => None,
+    };
+    // The token may have been revoked since the connection showed it.
+    if let Err(refusal) = state.auth.recheck(&client.identity).await {
+        return vec![Outgoing::message(ServerMessage::error(
+            job_id,
+            refusal.code,
+            refusal.message,
+        ))];
+    }
+    let Some(key) = client.identity.client_key(&client.id) else {
+        return vec![Outgoing::message(ServerMessage::error(
+            job_id,
+            ErrorCode::Unauthenticated,
+            auth::NO_TOKEN,
+        ))];
+    };
+    let owner = requests::Owner {
+        key,
+        tenant: client.identity.tenant().cloned(),
+    };
+    match message {
+        ClientMessage::Submit(submit) => {
             let per_sec = state.conn.submits_per_sec;
             let limiter = submits.get_or_insert_with(|| {
                 let rate = std::num::NonZeroU32::new(per_sec).unwrap_or(std::num::NonZeroU32::MIN);
@@ -294,13 +343,64 @@ async fn handle_text(
                     format!("more than {per_sec} submits a second on this connection; slow down"),
                 ))];
             }
-            requests::submit(state, client_id, submit, reach).await
+            requests::submit(state, &owner, submit, reach).await
         }
-        Ok(ClientMessage::Status { job_id }) => {
-            vec![requests::status(state, client_id, job_id, reach).await]
+        ClientMessage::Status { job_id } => {
+            vec![requests::status(state, &owner.key, job_id, reach).await]
         }
-        Err(e) => vec![Outgoing::message(e.into())],
+        ClientMessage::Auth { .. } => unreachable!("answered above"),
     }
+}
+
+/// An `auth` message: the connection now speaks for the token's tenant,
+/// and a returning client is sent what it is owed. A connection's tenant
+/// never changes, so events of one tenant's jobs never reach another.
+async fn authenticate(
+    state: &AppState,
+    client: &mut Client,
+    token: &str,
+    reach: &mut Reachable,
+) -> Vec<Outgoing> {
+    let identity = match client.identity {
+        Identity::Open => {
+            return vec![Outgoing::message(ServerMessage::error(
+                None,
+                ErrorCode::InvalidMessage,
+                "this gateway runs with --auth none and takes no tokens",
+            ))];
+        }
+        _ => match state.auth.verify(token).await {
+            Ok(identity) => identity,
+            Err(refusal) => {
+                Metrics::inc(&state.metrics.auth_refused);
+                return vec![Outgoing::message(ServerMessage::error(
+                    None,
+                    refusal.code,
+                    refusal.message,
+                ))];
+            }
+        },
+    };
+    if let (Some(now), Some(next)) = (client.identity.tenant(), identity.tenant())
+        && now != next
+    {
+        return vec![Outgoing::message(ServerMessage::error(
+            None,
+            ErrorCode::InvalidMessage,
+            "this connection is authenticated for another tenant; open a new connection",
+        ))];
+    }
+    let first = matches!(client.identity, Identity::Pending);
+    let tenant = identity
+        .tenant()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    client.identity = identity;
+    let mut replies = vec![Outgoing::message(ServerMessage::Authenticated { tenant })];
+    if first {
+        replies.extend(owed_on_arrival(state, client, reach).await);
+    }
+    replies
 }
 
 /// The socket's sending half, counted, with a deadline per write: a
@@ -373,6 +473,7 @@ mod tests {
         let client = super::Client {
             id: "client-1".into(),
             returning: false,
+            identity: crate::auth::Identity::Open,
         };
         let slot = super::Slot::take(&gateway.state).unwrap();
         super::serve(gateway.state.clone(), client, slot, sink, incoming).await;

@@ -2,12 +2,14 @@
 //! It validates each job, answers from the cache when it can, queues the
 //! rest with its own routing key, and delivers each result once.
 
+mod auth;
 pub mod config;
 mod connection;
 mod delivery;
 mod events;
 mod metrics;
 mod outbox;
+mod quotas;
 mod requests;
 mod routes;
 
@@ -19,17 +21,18 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use crawler_core::admin::{EngineHealth, OnScrape, Probe, Readiness};
 use crawler_core::net_policy::NetworkPolicy;
 use crawler_core::ports::Engines;
-use crawler_core::protocol::Limits;
+use crawler_core::protocol::{Limits, ServerMessage};
 use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use auth::AuthMode;
 pub use config::{ConnectionLimits, GatewayConfig};
 use metrics::Metrics;
 use routes::Routes;
@@ -48,6 +51,8 @@ impl std::ops::Deref for AppState {
 
 pub struct Shared {
     engines: Engines,
+    auth: auth::Authenticator,
+    quotas: quotas::Quotas,
     gateway_key: String,
     limits: Limits,
     policy: Arc<NetworkPolicy>,
@@ -78,7 +83,15 @@ impl Gateway {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        if config.auth == AuthMode::None {
+            tracing::warn!(
+                "--auth none: any client that reaches this gateway may submit crawls and read \
+                 any client's jobs; for local development only"
+            );
+        }
         let state = AppState(Arc::new(Shared {
+            auth: auth::Authenticator::new(config.auth, engines.tokens.clone()),
+            quotas: config.quotas(),
             engines,
             gateway_key: config.gateway_id.clone(),
             limits: config.limits(),
@@ -209,13 +222,26 @@ fn valid_client_id(id: &str) -> bool {
 
 async fn upgrade(
     ws: WebSocketUpgrade,
+    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
     State(state): State<AppState>,
 ) -> Response {
+    let identity = match state
+        .auth
+        .at_upgrade(&headers, query.get("token").map(String::as_str))
+        .await
+    {
+        Ok(identity) => identity,
+        Err(refusal) => {
+            Metrics::inc(&state.metrics.auth_refused);
+            return refused(refusal);
+        }
+    };
     let client = match query.get("clientId") {
         Some(id) if valid_client_id(id) => connection::Client {
             id: id.clone(),
             returning: true,
+            identity,
         },
         Some(_) => {
             return (
@@ -227,6 +253,7 @@ async fn upgrade(
         None => connection::Client {
             id: uuid::Uuid::new_v4().to_string(),
             returning: false,
+            identity,
         },
     };
     let Some(slot) = connection::Slot::take(&state) else {
@@ -255,6 +282,25 @@ async fn upgrade(
             // Boxed, so the task axum spawns stays small while it waits.
             Box::pin(connection::serve(state, client, slot, sink, stream)).await;
         })
+}
+
+/// An upgrade refused for its token: 401 (or 503 when the store cannot
+/// say), with the `error` message a websocket client would have been sent.
+fn refused(refusal: auth::Refusal) -> Response {
+    let status = match refusal.code {
+        crawler_core::ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let body = ServerMessage::error(None, refusal.code, refusal.message).to_json();
+    (
+        status,
+        [
+            (axum::http::header::WWW_AUTHENTICATE, "Bearer"),
+            (axum::http::header::CONTENT_TYPE, "application/json"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn index() -> Html<&'static str> {

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub connections_closed_idle: AtomicU64,
     pub connections_closed_slow: AtomicU64,
     pub rate_limited: AtomicU64,
+    pub auth_refused: AtomicU64,
+    pub quota_exceeded: AtomicU64,
     pub jobs_accepted: AtomicU64,
     pub jobs_published: AtomicU64,
     pub jobs_republished: AtomicU64,
@@ -31,6 +33,8 @@ const CONNECTIONS_REFUSED: &str = "crawler_gateway_connections_refused_total";
 const CLOSED_IDLE: &str = "crawler_gateway_connections_closed_idle_total";
 const CLOSED_SLOW: &str = "crawler_gateway_connections_closed_slow_total";
 const RATE_LIMITED: &str = "crawler_gateway_rate_limited_total";
+const AUTH_REFUSED: &str = "crawler_gateway_auth_refused_total";
+const QUOTA_EXCEEDED: &str = "crawler_gateway_quota_exceeded_total";
 const JOBS_PENDING: &str = "crawler_gateway_jobs_pending";
 const JOBS_ACCEPTED: &str = "crawler_gateway_jobs_accepted_total";
 const JOBS_PUBLISHED: &str = "crawler_gateway_jobs_published_total";
@@ -68,6 +72,16 @@ impl Metrics {
             RATE_LIMITED,
             Unit::Count,
             "Submits refused with rate_limited."
+        );
+        describe_counter!(
+            AUTH_REFUSED,
+            Unit::Count,
+            "Tokens refused: missing, unknown or revoked, at the upgrade or in an `auth` message."
+        );
+        describe_counter!(
+            QUOTA_EXCEEDED,
+            Unit::Count,
+            "Submits refused with quota_exceeded."
         );
         describe_gauge!(
             JOBS_PENDING,
@@ -122,6 +136,8 @@ impl Metrics {
             (CLOSED_IDLE, &self.connections_closed_idle),
             (CLOSED_SLOW, &self.connections_closed_slow),
             (RATE_LIMITED, &self.rate_limited),
+            (AUTH_REFUSED, &self.auth_refused),
+            (QUOTA_EXCEEDED, &self.quota_exceeded),
         ] {
             counter!(name).absolute(get(value));
         }

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use crawler_core::ErrorCode;
+use crawler_core::auth::Tenant;
 use crawler_core::model::{CachedCrawl, CrawlOptions, JobId, JobRecord, JobSpec, JobState};
 use crawler_core::ports::InsertOutcome;
 use crawler_core::protocol::{ServerMessage, Submit};
@@ -16,15 +17,23 @@ use crate::AppState;
 use crate::delivery::{Duty, Outcome, Outgoing};
 use crate::metrics::Metrics;
 use crate::outbox;
+use crate::quotas;
 use crate::routes::Reach;
 
 type Refusal = (ErrorCode, String);
+
+/// Whose request it is: the key its jobs are stored under, and the tenant
+/// whose quotas it counts against (none with `--auth none`).
+pub struct Owner {
+    pub key: String,
+    pub tenant: Option<Tenant>,
+}
 
 /// Handles a submit in the span that starts the job's trace; every other
 /// service's work on the job is a child of it.
 pub async fn submit(
     state: &AppState,
-    client_id: &str,
+    owner: &Owner,
     request: Submit,
     client: &mut dyn Reach,
 ) -> Vec<Outgoing> {
@@ -33,14 +42,12 @@ pub async fn submit(
         client_job_id = %request.job_id,
         job_id = tracing::field::Empty
     );
-    accept(state, client_id, request, client)
-        .instrument(span)
-        .await
+    accept(state, owner, request, client).instrument(span).await
 }
 
 async fn accept(
     state: &AppState,
-    client_id: &str,
+    owner: &Owner,
     request: Submit,
     client: &mut dyn Reach,
 ) -> Vec<Outgoing> {
@@ -64,6 +71,26 @@ async fn accept(
     let mut allowed_hosts = request.allowed_hosts;
     allowed_hosts.sort();
     allowed_hosts.dedup();
+    let client_id = owner.key.as_str();
+    let usage = match &owner.tenant {
+        Some(tenant) => match tenant_usage(state, tenant).await {
+            Ok(usage) => Some(usage),
+            Err(refusal) => return refuse(refusal),
+        },
+        None => None,
+    };
+    let over_quota = |crawls: bool| {
+        usage
+            .as_ref()
+            .and_then(|usage| state.quotas.refusal(usage, crawls))
+            .map(|message| {
+                Metrics::inc(&state.metrics.quota_exceeded);
+                (ErrorCode::QuotaExceeded, message)
+            })
+    };
+    if let Some(refusal) = over_quota(false) {
+        return refuse(refusal);
+    }
     let spec = JobSpec {
         job_id: JobId::new_random(),
         client_id: client_id.to_string(),
@@ -124,6 +151,9 @@ async fn accept(
         Err(e) => tracing::warn!(error = %e, "cache unavailable; crawling instead"),
     }
 
+    if let Some(refusal) = over_quota(true) {
+        return refuse(refusal);
+    }
     // A crawl is work for the cluster: one client may have only so many.
     match state.engines.store.unfinished_jobs(client_id).await {
         Ok(running) if running >= state.conn.max_running_jobs => {
@@ -171,6 +201,29 @@ async fn accept(
     Metrics::inc(&state.metrics.jobs_accepted);
     tracing::info!(job_id = %spec.job_id, client_job_id = %request.job_id, url = %spec.url, depth = spec.depth, published, "job accepted");
     vec![Outgoing::message(accepted)]
+}
+
+/// What the tenant's jobs use now, as its quotas count it.
+async fn tenant_usage(
+    state: &AppState,
+    tenant: &Tenant,
+) -> Result<crawler_core::auth::TenantUsage, Refusal> {
+    let now = crawler_core::now_ms();
+    state
+        .engines
+        .store
+        .tenant_usage(
+            tenant,
+            now.saturating_sub(quotas::HOUR_MS),
+            now.saturating_sub(quotas::DAY_MS),
+        )
+        .await
+        .map_err(|e| {
+            (
+                ErrorCode::Unavailable,
+                format!("job store unavailable: {e}"),
+            )
+        })
 }
 
 /// The record of a job answered from the cache, as it was inserted, and

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crawler_core::ErrorCode;
+use crawler_core::auth::{Tenant, TenantUsage};
 use crawler_core::model::{
     CachedCrawl, CrawlOptions, JobFailure, JobId, JobSpec, JobState, LevelDone, PageFacts,
     ResultSummary,
@@ -891,6 +892,78 @@ pub async fn a_rerouted_job_reports_its_new_gateway(store: &dyn JobStore) {
 }
 
 /// Runs the whole store suite against one implementation.
+/// Quotas count a tenant's jobs by their client keys' prefix: a job of
+/// another tenant, or of a tenant whose name merely starts the same, is
+/// not counted.
+pub async fn a_tenants_usage_counts_its_own_jobs_only(store: &dyn JobStore) {
+    let tenant = Tenant::parse("team-a").unwrap();
+    let job = |client_key: String, accepted_at_ms: u64| JobSpec {
+        client_id: client_key,
+        accepted_at_ms,
+        ..spec()
+    };
+    let hour_ago = ACCEPTED;
+    let day_ago = ACCEPTED - 100_000;
+    // Running, accepted in the last hour, 7 pages so far.
+    let running = job(tenant.client_key("c1"), ACCEPTED + 10);
+    let lease = grant(store, &running, "m1", ACCEPTED + 20).await;
+    store
+        .heartbeat(
+            &running.job_id,
+            lease.fencing_token,
+            7,
+            1,
+            TTL,
+            ACCEPTED + 30,
+        )
+        .await
+        .unwrap();
+    // Queued, accepted today but before the last hour.
+    let queued = job(tenant.client_key("c2"), day_ago + 5);
+    store.insert_job(&queued).await.unwrap();
+    // Done yesterday: counted nowhere.
+    let old = job(tenant.client_key("c3"), day_ago - 5);
+    let old_lease = grant(store, &old, "m1", ACCEPTED + 40).await;
+    store
+        .complete(
+            &old.job_id,
+            old_lease.fencing_token,
+            &done(result()),
+            ACCEPTED + 50,
+        )
+        .await
+        .unwrap();
+    // Other tenants' jobs, one whose name only starts like this one's.
+    for other in ["team-ab", "team-b"] {
+        let theirs = job(
+            Tenant::parse(other).unwrap().client_key("c1"),
+            ACCEPTED + 10,
+        );
+        store.insert_job(&theirs).await.unwrap();
+    }
+
+    let usage = store
+        .tenant_usage(&tenant, hour_ago, day_ago)
+        .await
+        .unwrap();
+    assert_eq!(
+        usage,
+        TenantUsage {
+            running_jobs: 2,
+            jobs_last_hour: 1,
+            pages_last_day: 7,
+        }
+    );
+    let nobody = Tenant::parse("nobody").unwrap();
+    assert_eq!(
+        store
+            .tenant_usage(&nobody, hour_ago, day_ago)
+            .await
+            .unwrap(),
+        TenantUsage::default()
+    );
+}
+
 #[macro_export]
 macro_rules! store_conformance {
     ($setup:expr) => {
@@ -919,6 +992,7 @@ macro_rules! store_conformance {
                 levels_are_saved_in_order_and_a_repeated_save_is_harmless,
                 the_outbox_hands_out_unpublished_jobs_once_per_grace,
                 a_rerouted_job_reports_its_new_gateway,
+                a_tenants_usage_counts_its_own_jobs_only,
             ]
         );
     };

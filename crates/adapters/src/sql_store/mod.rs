@@ -9,10 +9,12 @@
 
 mod dialect;
 mod row;
+mod tokens;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use crawler_core::auth::{Tenant, TenantUsage};
 use crawler_core::lease::{AcquireRule, Leadership, expiry};
 use crawler_core::model::{
     CachedCrawl, Checkpoint, JobId, JobRecord, JobSpec, LevelDone, PageFacts,
@@ -101,6 +103,15 @@ mod sql {
     /// Unfinished jobs are never delivered, so the open-jobs index serves this.
     pub const UNFINISHED_JOBS: &str = "SELECT COUNT(*) AS n FROM jobs
         WHERE client_id = $1 AND NOT delivered AND state IN ('queued', 'running')";
+    /// A tenant's quotas, counted over the jobs whose client keys start
+    /// with `$1` (its prefix and `%`): running now, accepted since `$2`,
+    /// and the pages of those accepted since `$3`.
+    pub const TENANT_USAGE: &str = "SELECT
+            CAST(COALESCE(SUM(CASE WHEN state IN ('queued', 'running') THEN 1 ELSE 0 END), 0) AS BIGINT) AS running,
+            CAST(COALESCE(SUM(CASE WHEN accepted_at_ms >= $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS last_hour,
+            CAST(COALESCE(SUM(CASE WHEN accepted_at_ms >= $3 THEN pages_done ELSE 0 END), 0) AS BIGINT) AS pages
+        FROM jobs
+        WHERE client_id LIKE $1 AND (accepted_at_ms >= $3 OR state IN ('queued', 'running'))";
     pub const OPEN_JOBS: &str = concat!(
         "SELECT ",
         job_columns!(),
@@ -744,6 +755,27 @@ where
             .try_get("n")
             .map_err(|e| failure::<DB>("a job count is unreadable", e))?;
         Ok(from_db(n))
+    }
+
+    async fn tenant_usage(
+        &self,
+        tenant: &Tenant,
+        hour_ago_ms: u64,
+        day_ago_ms: u64,
+    ) -> AdapterResult<TenantUsage> {
+        let row = sqlx::query(sql::TENANT_USAGE)
+            .bind(format!("{}%", tenant.key_prefix()))
+            .bind(to_db(hour_ago_ms))
+            .bind(to_db(day_ago_ms))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot count a tenant's jobs", e))?;
+        let unreadable = |e: sqlx::Error| failure::<DB>("a tenant's usage is unreadable", e);
+        Ok(TenantUsage {
+            running_jobs: from_db(row.try_get::<i64, _>("running").map_err(unreadable)?),
+            jobs_last_hour: from_db(row.try_get::<i64, _>("last_hour").map_err(unreadable)?),
+            pages_last_day: from_db(row.try_get::<i64, _>("pages").map_err(unreadable)?),
+        })
     }
 
     async fn open_jobs(&self, client_id: &str, limit: u32) -> AdapterResult<Vec<JobRecord>> {
