@@ -39,7 +39,7 @@ ENV WS_GATEWAY__LISTEN=0.0.0.0:8080 \
     WORKER__SPIDER_DIR=/tmp/spiders \
     CRAWLER__ADMIN_LISTEN=0.0.0.0:9090 \
     CRAWLER__LOG_FORMAT=json
-RUN mkdir -p /var/lib/crawler/spiders && chown -R 10001:10001 /var/lib/crawler
+RUN mkdir -p /var/lib/crawler/spiders /var/lib/crawler/tls && chown -R 10001:10001 /var/lib/crawler
 USER 10001:10001
 EXPOSE 8080 9090 50051 50052 50053
 CMD ["crawlctl", "--help"]

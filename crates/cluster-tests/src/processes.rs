@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crawler_core::tls::Role;
+
 use crate::proxy::FaultProxy;
 
 /// Where the engines are; overridable for machines that run them elsewhere.
@@ -270,6 +272,8 @@ pub struct ClusterSpec {
     /// Engines of the test's own (see [`crate::engines`]) instead of the
     /// machine's.
     pub engines: Option<EngineUrls>,
+    /// gRPC without TLS, chosen explicitly; mutual TLS otherwise.
+    pub grpc_plaintext: bool,
 }
 
 impl ClusterSpec {
@@ -329,6 +333,12 @@ impl ClusterSpec {
         self
     }
 
+    /// The services speak gRPC in plaintext (`--grpc-plaintext`).
+    pub fn grpc_plaintext(mut self) -> Self {
+        self.grpc_plaintext = true;
+        self
+    }
+
     pub async fn start(self) -> Cluster {
         Cluster::from_spec(self).await
     }
@@ -349,6 +359,8 @@ pub struct Cluster {
     /// One per lock server, when the spec asked for them.
     pub lock_proxies: Vec<FaultProxy>,
     pub gateway_amqp_proxy: Option<FaultProxy>,
+    /// The certificates of the services, unless the spec chose plaintext.
+    pub certs: Option<Arc<ClusterCerts>>,
     lock_args: Vec<String>,
     master_restart_args: Vec<Vec<String>>,
     gateway_restart_args: Vec<Vec<String>>,
@@ -379,10 +391,17 @@ impl Cluster {
         store.close().await;
         let database_url = format!("{}/{database}", engines.postgres_server);
         let s = |v: &str| v.to_string();
+        let certs = match spec.grpc_plaintext {
+            true => None,
+            false => Some(Arc::new(ClusterCerts::make().await)),
+        };
+        let tls = |role: Role| tls_args(certs.as_deref(), role);
+        let mut lock_args = tls(Role::LockServer);
+        lock_args.extend(spec.lock_args.iter().cloned());
 
         let mut locks = Vec::new();
         for i in 0..spec.lock_servers.max(1) {
-            locks.push(start_lock(i, "127.0.0.1:0", &database_url, &spec.lock_args).await);
+            locks.push(start_lock(i, "127.0.0.1:0", &database_url, &lock_args).await);
         }
         let mut lock_proxies = Vec::new();
         let mut lock_urls = Vec::new();
@@ -410,6 +429,7 @@ impl Cluster {
                 s("--master-id"),
                 format!("master-{i}"),
             ];
+            args.extend(tls(Role::Master));
             args.extend(spec.master_args.iter().cloned());
             args
         };
@@ -436,6 +456,7 @@ impl Cluster {
             s("--namespace"),
             namespace.clone(),
         ];
+        all_worker_args.extend(tls(Role::Worker));
         all_worker_args.extend(spec.worker_args.iter().cloned());
         let worker_args: Vec<&str> = all_worker_args.iter().map(String::as_str).collect();
         let mut worker_services = Vec::new();
@@ -495,7 +516,8 @@ impl Cluster {
             other_gateways,
             lock_proxies,
             gateway_amqp_proxy,
-            lock_args: spec.lock_args,
+            certs,
+            lock_args,
             master_restart_args,
             gateway_restart_args,
             worker_args: all_worker_args,
@@ -552,7 +574,9 @@ impl Cluster {
             .map(|m| format!("http://{}", m.addr()))
             .collect();
         let redis = self.engines.redis.clone();
+        let tls = self.tls_args(Role::Worker);
         let mut args = vec!["--host-gate", &redis, "--namespace", &self.namespace];
+        args.extend(tls.iter().map(String::as_str));
         args.extend(worker_args);
         let worker = start_worker(self.workers.len() + 100, &master_urls, &args).await;
         self.workers.push(worker);
@@ -564,6 +588,12 @@ impl Cluster {
         self.locks[i].kill();
         let database_url = self.database_url();
         self.locks[i] = start_lock(i, &addr, &database_url, &self.lock_args).await;
+    }
+
+    /// The flags that give a service of `role` the cluster's certificate,
+    /// or `--grpc-plaintext` when the cluster runs without TLS.
+    pub fn tls_args(&self, role: Role) -> Vec<String> {
+        tls_args(self.certs.as_deref(), role)
     }
 
     pub fn database_url(&self) -> String {
@@ -673,6 +703,7 @@ impl Cluster {
             other_gateways,
             lock_proxies,
             gateway_amqp_proxy,
+            certs: _,
             lock_args: _,
             master_restart_args: _,
             gateway_restart_args: _,
@@ -705,6 +736,56 @@ async fn start_lock(i: usize, listen: &str, database_url: &str, extra: &[String]
     .collect();
     args.extend(extra.iter().cloned());
     Service::start(&format!("lock-{i}"), "lock-server", &args, true).await
+}
+
+/// The cluster's CA and a certificate per role, made by `crawlctl certs`
+/// as an operator would, in a folder that lives as long as the cluster.
+pub struct ClusterCerts {
+    dir: tempfile::TempDir,
+}
+
+impl ClusterCerts {
+    pub async fn make() -> Self {
+        let dir = tempfile::tempdir().expect("a folder for the certificates");
+        let out = tokio::process::Command::new(binary("crawlctl"))
+            .arg("certs")
+            .arg("--out")
+            .arg(dir.path())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(30), out)
+            .await
+            .expect("crawlctl certs ended")
+            .expect("run crawlctl certs");
+        assert!(
+            out.status.success(),
+            "crawlctl certs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+/// The flags of a service of `role`: its certificate, or plaintext.
+fn tls_args(certs: Option<&ClusterCerts>, role: Role) -> Vec<String> {
+    match certs {
+        None => vec!["--grpc-plaintext".to_string()],
+        Some(certs) => {
+            let file = |name: String| certs.dir().join(name).display().to_string();
+            vec![
+                "--tls-ca".to_string(),
+                file("ca.pem".to_string()),
+                "--tls-cert".to_string(),
+                file(format!("{role}.pem")),
+                "--tls-key".to_string(),
+                file(format!("{role}.key")),
+            ]
+        }
+    }
 }
 
 /// The host and port of an `amqp://` URL.

@@ -12,6 +12,7 @@ use cluster_tests::engines::{PrivatePostgres, PrivateRabbit, PrivateRedis};
 use cluster_tests::processes::{Cluster, ClusterSpec, EngineUrls, Service, start_worker};
 use cluster_tests::proxy::{Fault, FaultProxy};
 use cluster_tests::site::{SitePlan, TestSite};
+use crawler_core::tls::Role;
 
 /// Small crawls (4 pages, each answering after 40 ms) from a few clients.
 fn workload(site: &TestSite, clients: usize, jobs: usize) -> Workload {
@@ -149,12 +150,10 @@ async fn chaos_a_worker_black_holed_and_healed() {
     let keepalive = ["--worker-keepalive-secs", "1"];
     let cluster = ClusterSpec::new(1, 1).master_args(&keepalive).start().await;
     let proxy = FaultProxy::start(cluster.masters[0].addr().parse().unwrap()).await;
-    let cut_off = start_worker(
-        7,
-        &[format!("http://{}", proxy.addr())],
-        &["--keepalive-secs", "1", "--register-timeout-secs", "1"],
-    )
-    .await;
+    let mut args = vec!["--keepalive-secs", "1", "--register-timeout-secs", "1"];
+    let tls = cluster.tls_args(Role::Worker);
+    args.extend(tls.iter().map(String::as_str));
+    let cut_off = start_worker(7, &[format!("http://{}", proxy.addr())], &args).await;
     cluster.masters[0].wait_for_log("worker connected", 2).await;
     let site = site().await;
     // Long enough for ten cycles of cut, detection and heal.

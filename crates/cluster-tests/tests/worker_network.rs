@@ -17,6 +17,7 @@ use cluster_tests::processes::{ClusterSpec, start_worker};
 use cluster_tests::proxy::{Fault, FaultProxy};
 use cluster_tests::site::{SitePlan, TestSite};
 use cluster_tests::ws::WsClient;
+use crawler_core::tls::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_worker_s_batches_go_to_another_within_twenty_seconds() {
@@ -54,12 +55,10 @@ async fn a_black_holed_worker_is_back_at_work_within_seconds_of_the_heal_every_t
     let keepalive = ["--worker-keepalive-secs", "1"];
     let cluster = ClusterSpec::new(1, 0).master_args(&keepalive).start().await;
     let proxy = FaultProxy::start(cluster.masters[0].addr().parse().unwrap()).await;
-    let worker = start_worker(
-        0,
-        &[format!("http://{}", proxy.addr())],
-        &["--keepalive-secs", "1", "--register-timeout-secs", "1"],
-    )
-    .await;
+    let mut args = vec!["--keepalive-secs", "1", "--register-timeout-secs", "1"];
+    let tls = cluster.tls_args(Role::Worker);
+    args.extend(tls.iter().map(String::as_str));
+    let worker = start_worker(0, &[format!("http://{}", proxy.addr())], &args).await;
     cluster.masters[0].wait_for_log("worker connected", 1).await;
     let site = TestSite::serve(SitePlan::tree(&[])).await;
     let mut client = WsClient::connect(&cluster.ws_url()).await;

@@ -15,6 +15,7 @@ pub mod protocol;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;
 pub mod traps;
 pub mod urls;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use crawler_core::tls::{GrpcSecurity, TlsArgs};
 use ipnet::IpNet;
 use lock_server::{LockServer, ReplicaSettings};
 use master::{Master, MasterConfig};
@@ -52,17 +53,17 @@ impl EmbeddedCluster {
             engines.store.clone(),
             engines.election.clone(),
             ReplicaSettings::single(),
+            // In one process, on loopback: nothing to authenticate.
+            GrpcSecurity::Plaintext,
         )
         .await?;
         let lock_url = format!("http://{}", lock.local_addr());
         tasks.spawn(lock.run_until_stopped(shutdown.clone()));
 
-        let master = Master::build(
-            MasterConfig::local(loopback, lock_url),
-            engines.queue.clone(),
-            engines.cache.clone(),
-        )
-        .await?;
+        let mut master_config = MasterConfig::local(loopback, lock_url);
+        master_config.tls = TlsArgs::plaintext();
+        let master =
+            Master::build(master_config, engines.queue.clone(), engines.cache.clone()).await?;
         let master_url = format!("http://{}", master.local_addr());
         let master_stats = master.stats();
         tasks.spawn(master.run_until_stopped(shutdown.clone()));
@@ -70,11 +71,10 @@ impl EmbeddedCluster {
         // The workers share one host gate, so per-host limits hold across them.
         let host_gate = Arc::new(crawler_adapters::MemoryHostGate::new());
         for _ in 0..options.workers.max(1) {
-            let worker = Worker::build(WorkerConfig::for_masters(
-                vec![master_url.clone()],
-                options.allow_network.clone(),
-            ))?
-            .with_host_gate(host_gate.clone());
+            let mut worker_config =
+                WorkerConfig::for_masters(vec![master_url.clone()], options.allow_network.clone());
+            worker_config.tls = TlsArgs::plaintext();
+            let worker = Worker::build(worker_config)?.with_host_gate(host_gate.clone());
             let token = shutdown.clone();
             tasks.spawn(async move {
                 worker.run_until_stopped(token).await;

@@ -81,6 +81,18 @@ enum Command {
         #[command(subcommand)]
         command: SpiderCommand,
     },
+    /// Write a cluster CA (kept when DIR has one) and a certificate per role
+    /// (master, worker, lock-server, file-sync, operator) for mutual TLS,
+    /// and `secrets.yaml` with them as Kubernetes Secrets.
+    Certs {
+        /// Folder to write into.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Host names and addresses the services are dialled by, besides
+        /// localhost (comma-separated), e.g. masters,lock-server,file-sync.
+        #[arg(long = "name", value_delimiter = ',')]
+        names: Vec<String>,
+    },
     /// Exit 0 when URL (http://host:port/path) answers 2xx, else 1: the
     /// healthcheck of the container image, which has no HTTP client of its own.
     Probe { url: String },
@@ -188,6 +200,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token { store, command } => token(&store.database_url, command).await,
         Command::Spider { file_sync, command } => spider(&file_sync, command).await,
+        Command::Certs { out, names } => {
+            let written = crawlctl::certs::write_cluster_certs(&out, &names)?;
+            if written.ca_made {
+                eprintln!("made a new cluster CA in {}", out.display());
+            } else {
+                eprintln!("kept the cluster CA of {}", out.display());
+            }
+            for file in written.files {
+                println!("{}", file.display());
+            }
+            Ok(())
+        }
         Command::Probe { url } => crawlctl::probe::check(&url).await,
         Command::Demo { depth, json } => {
             let site = SampleSite::start()

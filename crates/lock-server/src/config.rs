@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use crawler_adapters::StoreArgs;
 use crawler_core::config::{AdminArgs, ServiceArgs};
+use crawler_core::tls::TlsArgs;
 use serde::Serialize;
 
 use crate::ReplicaSettings;
@@ -39,6 +40,8 @@ pub struct LockServerConfig {
     /// defaults to two leader TTLs.
     #[arg(long, env = "LOCK_SERVER__TAKEOVER_GRACE_MS")]
     pub takeover_grace_ms: Option<u64>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
     #[command(flatten)]

@@ -16,10 +16,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crawler_core::ports::{Election, JobStore};
+use crawler_core::tls::{GrpcSecurity, Role};
 use crawler_proto::v1::lock_service_server::LockServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 pub use config::LockServerConfig;
 use leader::Leader;
@@ -28,6 +30,7 @@ use service::LockGrpc;
 
 pub struct LockServer {
     listener: TcpListener,
+    security: GrpcSecurity,
     store: Arc<dyn JobStore>,
     leader: Arc<Leader>,
     admin: Option<SocketAddr>,
@@ -41,6 +44,7 @@ impl LockServer {
         store: Arc<dyn JobStore>,
         election: Arc<dyn Election>,
         replica: ReplicaSettings,
+        security: GrpcSecurity,
     ) -> anyhow::Result<Self> {
         crawler_core::lease::checked_ttl(replica.leader_ttl)
             .map_err(|e| anyhow::anyhow!("--leader-ttl-ms: {e}"))?;
@@ -56,6 +60,7 @@ impl LockServer {
         leader.campaign().await;
         Ok(Self {
             listener,
+            security,
             store,
             leader,
             admin: None,
@@ -93,19 +98,25 @@ impl LockServer {
         let campaign_stop = CancellationToken::new();
         let campaign = tokio::spawn(self.leader.clone().run(campaign_stop.clone()));
         tracing::info!(%addr, advertised = %self.leader.address(), leading = self.leader.is_leading(), "lock server listening");
-        let served = tonic::transport::Server::builder()
+        // Only masters hold leases; the handshake already refused anyone
+        // without a certificate of the cluster CA.
+        let admit = self.security.admit(&[Role::Master]);
+        let served = self
+            .security
+            .server()?
             .layer(crawler_core::trace::ServerSpans {
                 service: "lock-server",
             })
             .add_service(health_service)
-            .add_service(
+            .add_service(InterceptedService::new(
                 LockServiceServer::new(LockGrpc {
                     store: self.store,
                     leader: self.leader.clone(),
                 })
                 .max_decoding_message_size(256 * 1024 * 1024)
                 .max_encoding_message_size(256 * 1024 * 1024),
-            )
+                admit,
+            ))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.listener),
                 shutdown.cancelled_owned(),

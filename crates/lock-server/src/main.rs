@@ -13,6 +13,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // Refused before any engine is awaited, so a bad setting fails at once.
     config.validate()?;
+    let security = config.tls.load()?;
     let _telemetry =
         crawler_core::telemetry::init_tracing("lock-server", "info", config.service.log_format);
     let shutdown = crawler_core::shutdown::on_signal();
@@ -24,8 +25,14 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     };
     let store = Arc::new(store);
-    let server = LockServer::build(config.listen, store.clone(), store, config.replica())
-        .await?
-        .with_admin(config.admin.admin_listen);
+    let server = LockServer::build(
+        config.listen,
+        store.clone(),
+        store,
+        config.replica(),
+        security,
+    )
+    .await?
+    .with_admin(config.admin.admin_listen);
     server.run_until_stopped(shutdown).await
 }

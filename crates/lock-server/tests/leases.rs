@@ -28,6 +28,7 @@ async fn replica(
         store.clone(),
         store.clone(),
         settings,
+        crawler_core::tls::GrpcSecurity::Plaintext,
     )
     .await
     .unwrap();

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use crawler_adapters::MessagingArgs;
 use crawler_core::config::{AdminArgs, ServiceArgs, redacted_urls};
+use crawler_core::tls::TlsArgs;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Parser, Serialize)]
@@ -59,6 +60,8 @@ pub struct MasterConfig {
     /// How long finished crawls stay in the cache, in seconds.
     #[arg(long, env = "MASTER__CACHE_TTL_SECS", default_value_t = 3600)]
     pub cache_ttl_secs: u64,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
     #[command(flatten)]

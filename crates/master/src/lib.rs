@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crawler_core::ports::{JobQueue, ResultCache};
 use crawler_core::retry::RetryPolicy;
+use crawler_core::tls::{GrpcSecurity, Role};
 use crawler_proto::v1::master_service_server::MasterServiceServer;
 use futures::StreamExt;
 use tokio::net::TcpListener;
@@ -26,6 +27,7 @@ use tokio::sync::Semaphore;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::service::interceptor::InterceptedService;
 
 pub use config::MasterConfig;
 use jobs::JobContext;
@@ -53,6 +55,7 @@ pub struct Stats {
 
 pub struct Master {
     config: MasterConfig,
+    security: GrpcSecurity,
     listener: TcpListener,
     queue: Arc<dyn JobQueue>,
     cache: Arc<dyn ResultCache>,
@@ -67,11 +70,13 @@ impl Master {
         cache: Arc<dyn ResultCache>,
     ) -> anyhow::Result<Self> {
         config.validate()?;
+        let security = config.tls.load()?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         Ok(Self {
             config,
+            security,
             listener,
             queue,
             cache,
@@ -102,7 +107,7 @@ impl Master {
         );
         let ctx = Arc::new(JobContext {
             master_id: self.config.master_id.clone(),
-            lock: LockClient::new(self.config.lock_server.clone())?,
+            lock: LockClient::new(self.config.lock_server.clone(), self.security.clone())?,
             queue: self.queue.clone(),
             cache: self.cache.clone(),
             pool: pool.clone(),
@@ -122,14 +127,20 @@ impl Master {
         // Pings find a worker that went silent without a reset (frozen, or
         // cut off): its stream ends and its batches go to other workers.
         let keepalive = self.config.worker_keepalive();
-        let grpc = tonic::transport::Server::builder()
+        // Only workers take batches; the handshake already refused anyone
+        // without a certificate of the cluster CA.
+        let admit = self.security.admit(&[Role::Worker]);
+        let grpc = self
+            .security
+            .server()?
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(keepalive))
             .add_service(health_service)
-            .add_service(
+            .add_service(InterceptedService::new(
                 MasterServiceServer::new(MasterGrpc { pool })
                     .max_decoding_message_size(256 * 1024 * 1024),
-            )
+                admit,
+            ))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.listener),
                 serving.clone().cancelled_owned(),

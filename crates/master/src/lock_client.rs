@@ -5,6 +5,7 @@
 //! sends the call on to the next replica in the list. Every call has a
 //! deadline, so a frozen replica costs one deadline, never a stuck job.
 
+use crawler_core::tls::GrpcSecurity;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
@@ -16,7 +17,7 @@ use crawler_core::trace::SendContext;
 use crawler_proto::v1::lock_service_client::LockServiceClient;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Response, Status};
 
 /// Every call carries the current span's trace context in its metadata.
@@ -24,6 +25,7 @@ type Client = LockServiceClient<InterceptedService<Channel, SendContext>>;
 
 pub struct LockClient {
     replicas: Vec<String>,
+    security: GrpcSecurity,
     state: Mutex<State>,
 }
 
@@ -35,18 +37,20 @@ struct State {
 }
 
 impl LockClient {
-    /// `replicas` are `http(s)://host:port` URLs; none is contacted yet.
-    pub fn new(replicas: Vec<String>) -> anyhow::Result<Self> {
+    /// `replicas` are `http://host:port` URLs (spoken over TLS when
+    /// `security` says so); none is contacted yet.
+    pub fn new(replicas: Vec<String>, security: GrpcSecurity) -> anyhow::Result<Self> {
         let first = replicas
             .first()
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("--lock-server needs at least one address"))?;
         let mut clients = HashMap::new();
         for url in &replicas {
-            clients.insert(url.clone(), connect(url)?);
+            clients.insert(url.clone(), connect(&security, url)?);
         }
         Ok(Self {
             replicas,
+            security,
             state: Mutex::new(State {
                 current: first,
                 clients,
@@ -131,7 +135,7 @@ impl LockClient {
         let next = match named {
             Some(leader) => match state.clients.contains_key(&leader) {
                 true => leader,
-                false => match connect(&leader) {
+                false => match connect(&self.security, &leader) {
                     Ok(client) => {
                         state.clients.insert(leader.clone(), client);
                         leader
@@ -163,8 +167,9 @@ impl LockClient {
     }
 }
 
-fn connect(url: &str) -> anyhow::Result<Client> {
-    let channel = Endpoint::from_shared(url.to_string())
+fn connect(security: &GrpcSecurity, url: &str) -> anyhow::Result<Client> {
+    let channel = security
+        .endpoint(url)
         .map_err(|e| anyhow::anyhow!("lock server address `{url}`: {e}"))?
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -180,7 +185,11 @@ mod tests {
     use super::*;
 
     fn client(replicas: &[&str]) -> LockClient {
-        LockClient::new(replicas.iter().map(|r| r.to_string()).collect()).unwrap()
+        LockClient::new(
+            replicas.iter().map(|r| r.to_string()).collect(),
+            GrpcSecurity::Plaintext,
+        )
+        .unwrap()
     }
 
     fn not_leader(leader: Option<&str>) -> Status {
@@ -223,6 +232,6 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_list_is_refused() {
-        assert!(LockClient::new(Vec::new()).is_err());
+        assert!(LockClient::new(Vec::new(), GrpcSecurity::Plaintext).is_err());
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use crawler_core::config::{AdminArgs, ServiceArgs};
+use crawler_core::tls::TlsArgs;
 use ipnet::IpNet;
 use serde::Serialize;
 
@@ -119,6 +120,8 @@ pub struct WorkerConfig {
     /// Prefix of the host gate's keys; services of one cluster share it.
     #[arg(long, env = "CRAWLER__NAMESPACE", default_value = "crawler")]
     pub namespace: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
     #[command(flatten)]

@@ -39,6 +39,15 @@ impl Target {
         })
     }
 
+    /// The host name the URL gives, which the master's certificate names.
+    fn host_name(&self) -> String {
+        self.url
+            .host_str()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_string()
+    }
+
     /// The master URLs this target stands for now: one per address.
     async fn resolve(&mut self, lookup: &Lookup) -> &BTreeSet<String> {
         let host = self.url.host_str().unwrap_or_default();
@@ -70,10 +79,12 @@ fn endpoint(scheme: &str, addr: SocketAddr) -> String {
     format!("{scheme}://{addr}")
 }
 
-/// Starts a session to one master address; it runs until its token is
-/// cancelled, and notifies `lost` each time a registered stream ends.
+/// Starts a session to one master address (its URL, and the name it was
+/// resolved from, which the master's certificate must carry); it runs
+/// until its token is cancelled, and notifies `lost` each time a
+/// registered stream ends.
 pub type StartSession =
-    dyn Fn(String, CancellationToken, Arc<Notify>) -> JoinHandle<()> + Send + Sync;
+    dyn Fn(String, String, CancellationToken, Arc<Notify>) -> JoinHandle<()> + Send + Sync;
 
 /// Resolves a host and port to socket addresses.
 pub type Lookup =
@@ -112,22 +123,25 @@ async fn serve_resolved(
     let lost = Arc::new(Notify::new());
     let mut sessions: HashMap<String, (CancellationToken, JoinHandle<()>)> = HashMap::new();
     loop {
-        let mut wanted = BTreeSet::new();
+        let mut wanted = std::collections::BTreeMap::new();
         for target in &mut targets {
-            wanted.extend(target.resolve(lookup).await.iter().cloned());
+            let name = target.host_name();
+            for address in target.resolve(lookup).await {
+                wanted.insert(address.clone(), name.clone());
+            }
         }
         sessions.retain(|address, (stop, _)| {
-            let keep = wanted.contains(address);
+            let keep = wanted.contains_key(address);
             if !keep {
                 tracing::info!(master = %address, "master no longer listed; draining its stream");
                 stop.cancel();
             }
             keep
         });
-        for address in wanted {
+        for (address, name) in wanted {
             if let std::collections::hash_map::Entry::Vacant(slot) = sessions.entry(address) {
                 let stop = shutdown.child_token();
-                let task = start(slot.key().clone(), stop.clone(), lost.clone());
+                let task = start(slot.key().clone(), name, stop.clone(), lost.clone());
                 slot.insert((stop, task));
             }
         }
@@ -195,7 +209,7 @@ mod tests {
         let sessions: Sessions = Arc::default();
         let lost = Arc::new(Mutex::new(None::<Arc<Notify>>));
         let (seen, lost_slot) = (sessions.clone(), lost.clone());
-        let start: Box<StartSession> = Box::new(move |address, stop, notify| {
+        let start: Box<StartSession> = Box::new(move |address, _name, stop, notify| {
             seen.lock().unwrap().push((address, stop.clone()));
             *lost_slot.lock().unwrap() = Some(notify);
             tokio::spawn(async move { stop.cancelled().await })

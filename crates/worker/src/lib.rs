@@ -11,6 +11,7 @@ pub mod robots;
 mod session;
 pub mod spider;
 
+use crawler_core::tls::GrpcSecurity;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use fetch::Fetcher;
 
 pub struct Worker {
     config: WorkerConfig,
+    security: GrpcSecurity,
     fetcher: Arc<Fetcher>,
     spiders: Arc<spider::SpiderCache>,
     politeness: Arc<polite::Politeness>,
@@ -31,6 +33,7 @@ pub struct Worker {
 impl Worker {
     pub fn build(config: WorkerConfig) -> anyhow::Result<Self> {
         config.validate()?;
+        let security = config.tls.load()?;
         let policy = NetworkPolicy::new(config.allow_network.clone());
         let fetcher = Arc::new(Fetcher::new(&config.fetch_config(), policy)?);
         let spiders = Arc::new(spider::SpiderCache::new(
@@ -51,6 +54,7 @@ impl Worker {
                 &config.worker_id,
             )),
             config,
+            security,
             fetcher,
             spiders,
         })
@@ -101,9 +105,12 @@ impl Worker {
             politeness: self.politeness,
         };
         let config = self.config.clone();
-        let start: Box<discovery::StartSession> = Box::new(move |master, stop, lost| {
+        let security = self.security.clone();
+        let start: Box<discovery::StartSession> = Box::new(move |master, name, stop, lost| {
             let session = session::SessionConfig {
                 master,
+                master_name: name,
+                security: security.clone(),
                 worker_id: config.worker_id.clone(),
                 credit: config.batches_in_flight,
                 fetch_concurrency: config.fetch_concurrency,

@@ -1,6 +1,7 @@
 //! One worker's stream to one master: register, grant credit, run batches,
 //! and reconnect with backoff and jitter when the stream drops.
 
+use crawler_core::tls::GrpcSecurity;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -29,7 +30,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 const STREAM_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct SessionConfig {
+    /// The URL of one master's address.
     pub master: String,
+    /// The name that address was resolved from: the master's certificate
+    /// must carry it.
+    pub master_name: String,
+    pub security: GrpcSecurity,
     pub worker_id: String,
     /// Batches this worker runs at once for this master: its credit.
     pub credit: u32,
@@ -163,7 +169,9 @@ async fn register(
     tx: &mpsc::Sender<WorkerMessage>,
     rx: mpsc::Receiver<WorkerMessage>,
 ) -> Result<tonic::Streaming<MasterMessage>, SessionEnd> {
-    let endpoint = tonic::transport::Endpoint::from_shared(config.master.clone())
+    let endpoint = config
+        .security
+        .endpoint_named(&config.master, Some(&config.master_name))
         .map_err(|e| SessionEnd::NotRegistered(format!("bad master address: {e}")))?
         .connect_timeout(config.register_timeout)
         .http2_keep_alive_interval(config.keepalive)
