@@ -5,7 +5,10 @@
 //! `Crawl-delay` apart. The gate is shared by the whole cluster when one is
 //! configured; while it cannot be reached, this worker's own gate keeps the
 //! limits within the worker. A host that answers 429 or 503 with
-//! `Retry-After` is paused for everyone.
+//! `Retry-After` is paused on the shared gate and on this worker's own:
+//! every worker that asks the shared gate waits. With politeness off
+//! (no limit, no delay) a worker asks only its own gate, so only the
+//! pauses it was asked for itself hold for it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
