@@ -274,6 +274,9 @@ pub struct ClusterSpec {
     pub engines: Option<EngineUrls>,
     /// gRPC without TLS, chosen explicitly; mutual TLS otherwise.
     pub grpc_plaintext: bool,
+    /// Certificates made before the cluster (a file-sync started first);
+    /// the cluster makes its own when none are given.
+    pub certs: Option<Arc<ClusterCerts>>,
 }
 
 impl ClusterSpec {
@@ -330,6 +333,12 @@ impl ClusterSpec {
 
     pub fn gateway_amqp_proxy(mut self) -> Self {
         self.gateway_amqp_proxy = true;
+        self
+    }
+
+    /// The services use these certificates instead of new ones.
+    pub fn with_certs(mut self, certs: Arc<ClusterCerts>) -> Self {
+        self.certs = Some(certs);
         self
     }
 
@@ -391,9 +400,10 @@ impl Cluster {
         store.close().await;
         let database_url = format!("{}/{database}", engines.postgres_server);
         let s = |v: &str| v.to_string();
-        let certs = match spec.grpc_plaintext {
-            true => None,
-            false => Some(Arc::new(ClusterCerts::make().await)),
+        let certs = match (spec.grpc_plaintext, &spec.certs) {
+            (true, _) => None,
+            (false, Some(certs)) => Some(certs.clone()),
+            (false, None) => Some(Arc::new(ClusterCerts::make().await)),
         };
         let tls = |role: Role| tls_args(certs.as_deref(), role);
         let mut lock_args = tls(Role::LockServer);
@@ -768,23 +778,33 @@ impl ClusterCerts {
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
+
+    /// The flags that give a service of `role` its certificate.
+    pub fn args(&self, role: Role) -> Vec<String> {
+        let file = |name: String| self.dir().join(name).display().to_string();
+        vec![
+            "--tls-ca".to_string(),
+            file("ca.pem".to_string()),
+            "--tls-cert".to_string(),
+            file(format!("{role}.pem")),
+            "--tls-key".to_string(),
+            file(format!("{role}.key")),
+        ]
+    }
+
+    /// The TLS settings of a client of `role`.
+    pub fn tls(&self, role: Role) -> crawler_core::tls::GrpcSecurity {
+        crawler_core::tls::TlsArgs::from_dir(self.dir(), role)
+            .load()
+            .expect("the certificates load")
+    }
 }
 
 /// The flags of a service of `role`: its certificate, or plaintext.
 fn tls_args(certs: Option<&ClusterCerts>, role: Role) -> Vec<String> {
     match certs {
         None => vec!["--grpc-plaintext".to_string()],
-        Some(certs) => {
-            let file = |name: String| certs.dir().join(name).display().to_string();
-            vec![
-                "--tls-ca".to_string(),
-                file("ca.pem".to_string()),
-                "--tls-cert".to_string(),
-                file(format!("{role}.pem")),
-                "--tls-key".to_string(),
-                file(format!("{role}.key")),
-            ]
-        }
+        Some(certs) => certs.args(role),
     }
 }
 

@@ -13,19 +13,6 @@ use crawler_core::tls::{Role, TlsArgs};
 use crawler_proto::v1::GetJobRequest;
 use crawler_proto::v1::lock_service_client::LockServiceClient;
 
-/// The flags of a worker holding `role`'s certificate from `certs`.
-fn cert_args(certs: &ClusterCerts, role: Role) -> Vec<String> {
-    let file = |name: String| certs.dir().join(name).display().to_string();
-    vec![
-        "--tls-ca".into(),
-        file("ca.pem".into()),
-        "--tls-cert".into(),
-        file(format!("{role}.pem")),
-        "--tls-key".into(),
-        file(format!("{role}.key")),
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_without_a_cluster_certificate_never_receives_a_batch() {
     let mut cluster = ClusterSpec::new(1, 0).start().await;
@@ -48,9 +35,9 @@ async fn a_worker_without_a_cluster_certificate_never_receives_a_batch() {
         // No certificate at all: plaintext against a TLS port.
         rogue(10, vec!["--grpc-plaintext".into()]).await,
         // A worker certificate of another CA.
-        rogue(11, cert_args(&elsewhere, Role::Worker)).await,
+        rogue(11, elsewhere.args(Role::Worker)).await,
         // A certificate of the cluster's CA, for another role.
-        rogue(12, cert_args(&own, Role::LockServer)).await,
+        rogue(12, own.args(Role::LockServer)).await,
     ];
     for worker in &rogues {
         worker

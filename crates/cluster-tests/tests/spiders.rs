@@ -1,10 +1,14 @@
 //! Spiders end to end: published to a file-sync process, synced by the
 //! workers before they run a job's batches, and applied to the crawl.
 
-use cluster_tests::processes::{Cluster, Service, http_get, metric_value};
+use std::sync::Arc;
+
+use cluster_tests::processes::{ClusterCerts, ClusterSpec, Service, http_get, metric_value};
 use cluster_tests::ws::WsClient;
 use cluster_tests::{levels_of, page};
 use crawlctl::sample_site::SampleSite;
+use crawler_core::tls::{GrpcSecurity, Role};
+use file_sync::Remote;
 use serde_json::json;
 
 const SPIDER_TOML: &str = r#"
@@ -15,19 +19,38 @@ max_pages = 50
 heading = "h1"
 "#;
 
-async fn file_sync_with_spider(root: &std::path::Path, name: &str, spider_toml: &str) -> Service {
-    let server = Service::start(
-        "file-sync",
-        "file-sync",
-        &[
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--root".into(),
-            root.display().to_string(),
-        ],
-        true,
-    )
-    .await;
+/// A file-sync process on mutual TLS with `certs`, holding spider `name`,
+/// published as an operator does.
+async fn file_sync_with_spider(
+    certs: &ClusterCerts,
+    root: &std::path::Path,
+    name: &str,
+    spider_toml: &str,
+) -> Service {
+    let mut args = vec![
+        "--listen".to_string(),
+        "127.0.0.1:0".into(),
+        "--root".into(),
+        root.display().to_string(),
+    ];
+    args.extend(certs.args(Role::FileSync));
+    let server = Service::start("file-sync", "file-sync", &args, true).await;
+    let operator = Remote::new(
+        format!("http://{}", server.addr()),
+        certs.tls(Role::Operator),
+    );
+    let _published = push(&operator, name, spider_toml)
+        .await
+        .expect("push the spider");
+    server
+}
+
+/// Publishes a spider folder holding `spider_toml` and a nested file.
+async fn push(
+    remote: &Remote,
+    name: &str,
+    spider_toml: &str,
+) -> Result<file_sync::client::PushReport, file_sync::SyncError> {
     let folder = tempfile::tempdir().unwrap();
     std::fs::write(folder.path().join("spider.toml"), spider_toml).unwrap();
     std::fs::create_dir_all(folder.path().join("lib/helpers")).unwrap();
@@ -36,11 +59,7 @@ async fn file_sync_with_spider(root: &std::path::Path, name: &str, spider_toml: 
         "nested file, synced too",
     )
     .unwrap();
-    let _published =
-        file_sync::client::push_folder(&format!("http://{}", server.addr()), name, folder.path())
-            .await
-            .expect("push the spider");
-    server
+    file_sync::client::push_folder(remote, name, folder.path()).await
 }
 
 fn submit(job: &str, url: &str, depth: u32, spider: &str) -> serde_json::Value {
@@ -50,11 +69,16 @@ fn submit(job: &str, url: &str, depth: u32, spider: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_naming_a_spider_runs_under_its_rules_after_the_workers_synced_it() {
     let root = tempfile::tempdir().unwrap();
-    let file_sync = file_sync_with_spider(root.path(), "sample", SPIDER_TOML).await;
+    let certs = Arc::new(ClusterCerts::make().await);
+    let file_sync = file_sync_with_spider(&certs, root.path(), "sample", SPIDER_TOML).await;
     let spider_dir = tempfile::tempdir().unwrap();
     let fs_url = format!("http://{}", file_sync.addr());
     let dir = spider_dir.path().display().to_string();
-    let cluster = Cluster::start(1, 1, &[], &["--file-sync", &fs_url, "--spider-dir", &dir]).await;
+    let cluster = ClusterSpec::new(1, 1)
+        .with_certs(certs)
+        .worker_args(&["--file-sync", &fs_url, "--spider-dir", &dir])
+        .start()
+        .await;
     let site = SampleSite::start().await.unwrap();
     let base = format!("http://{}", site.addr);
 
@@ -99,9 +123,14 @@ async fn a_job_naming_a_spider_runs_under_its_rules_after_the_workers_synced_it(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_spider_cannot_be_synced_fails_clearly_and_fetches_nothing() {
     let root = tempfile::tempdir().unwrap();
-    let file_sync = file_sync_with_spider(root.path(), "broken", "include = ['(']").await;
+    let certs = Arc::new(ClusterCerts::make().await);
+    let file_sync = file_sync_with_spider(&certs, root.path(), "broken", "include = ['(']").await;
     let fs_url = format!("http://{}", file_sync.addr());
-    let cluster = Cluster::start(1, 1, &[], &["--file-sync", &fs_url]).await;
+    let cluster = ClusterSpec::new(1, 1)
+        .with_certs(certs)
+        .worker_args(&["--file-sync", &fs_url])
+        .start()
+        .await;
     let site = SampleSite::start().await.unwrap();
     let mut client = WsClient::connect(&cluster.ws_url()).await;
 
@@ -146,20 +175,19 @@ async fn a_job_whose_spider_cannot_be_synced_fails_clearly_and_fetches_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crawlctl_pushes_lists_and_pulls_spiders() {
     let root = tempfile::tempdir().unwrap();
-    let server = Service::start(
-        "file-sync",
-        "file-sync",
-        &[
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--root".into(),
-            root.path().display().to_string(),
-            "--admin-listen".into(),
-            "127.0.0.1:0".into(),
-        ],
-        true,
-    )
-    .await;
+    let certs = ClusterCerts::make().await;
+    let mut args = vec![
+        "--listen".to_string(),
+        "127.0.0.1:0".into(),
+        "--root".into(),
+        root.path().display().to_string(),
+        "--admin-listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend(certs.args(Role::FileSync));
+    let server = Service::start("file-sync", "file-sync", &args, true).await;
+    // crawlctl speaks to file-sync as an operator.
+    let operator = certs.args(Role::Operator);
     let fs_url = format!("http://{}", server.addr());
     let source = tempfile::tempdir().unwrap();
     std::fs::write(source.path().join("spider.toml"), SPIDER_TOML).unwrap();
@@ -171,7 +199,10 @@ async fn crawlctl_pushes_lists_and_pulls_spiders() {
     .unwrap();
     let crawlctl = |args: &[&str]| {
         let mut command = std::process::Command::new(cluster_tests::processes::binary("crawlctl"));
-        command.args(["spider", "--file-sync", &fs_url]).args(args);
+        command
+            .args(["spider", "--file-sync", &fs_url])
+            .args(&operator)
+            .args(args);
         let output = command.output().expect("run crawlctl");
         assert!(
             output.status.success(),
@@ -213,17 +244,55 @@ async fn crawlctl_pushes_lists_and_pulls_spiders() {
 
     // A bad name is refused with a clear message and a failing exit status.
     let output = std::process::Command::new(cluster_tests::processes::binary("crawlctl"))
-        .args([
-            "spider",
-            "--file-sync",
-            &fs_url,
-            "push",
-            &source_dir,
-            "--name",
-            "../escape",
-        ])
+        .args(["spider", "--file-sync", &fs_url])
+        .args(&operator)
+        .args(["push", &source_dir, "--name", "../escape"])
         .output()
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("escape"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_operator_of_the_cluster_ca_may_publish_a_spider() {
+    let root = tempfile::tempdir().unwrap();
+    let certs = ClusterCerts::make().await;
+    let file_sync = file_sync_with_spider(&certs, root.path(), "sample", SPIDER_TOML).await;
+    let url = format!("http://{}", file_sync.addr());
+    let operator = Remote::new(url.clone(), certs.tls(Role::Operator));
+    let before = file_sync::client::list_spiders(&operator).await.unwrap();
+    let elsewhere = ClusterCerts::make().await;
+    let forged = "exclude = ['.*']";
+
+    // No certificate, another CA's operator: the handshake refuses them.
+    for (who, security) in [
+        ("no certificate", GrpcSecurity::Plaintext),
+        ("another CA", elsewhere.tls(Role::Operator)),
+    ] {
+        let refused = push(&Remote::new(url.clone(), security), "sample", forged).await;
+        assert!(refused.is_err(), "{who}: {refused:?}");
+    }
+    // A worker of the cluster may download spiders, not publish them.
+    let worker = Remote::new(url.clone(), certs.tls(Role::Worker));
+    match push(&worker, "sample", forged).await {
+        Err(file_sync::SyncError::Server { code, message }) => {
+            assert_eq!(code, tonic::Code::PermissionDenied, "{message}");
+            assert!(message.contains("operator"), "{message}");
+        }
+        other => panic!("a worker published a spider: {other:?}"),
+    }
+
+    // The spider is the one the operator published.
+    assert_eq!(
+        file_sync::client::list_spiders(&worker).await.unwrap(),
+        before
+    );
+    let copy = tempfile::tempdir().unwrap();
+    let _copied = file_sync::client::mirror(&worker, "sample", copy.path(), &Default::default())
+        .await
+        .expect("a worker downloads the spider");
+    assert_eq!(
+        std::fs::read_to_string(copy.path().join("spider.toml")).unwrap(),
+        SPIDER_TOML
+    );
 }

@@ -7,6 +7,7 @@ use crawlctl::embedded::{EmbeddedCluster, EmbeddedOptions};
 use crawlctl::sample_site::SampleSite;
 use crawler_adapters::StoreArgs;
 use crawler_core::protocol::SubmitRequest;
+use crawler_core::tls::TlsArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use ipnet::IpNet;
 
@@ -78,6 +79,10 @@ enum Command {
             global = true
         )]
         file_sync: String,
+        /// An operator's certificate (`crawlctl certs` writes `operator.pem`),
+        /// or --grpc-plaintext for a file-sync without TLS.
+        #[command(flatten)]
+        tls: TlsArgs,
         #[command(subcommand)]
         command: SpiderCommand,
     },
@@ -199,7 +204,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Token { store, command } => token(&store.database_url, command).await,
-        Command::Spider { file_sync, command } => spider(&file_sync, command).await,
+        Command::Spider {
+            file_sync,
+            tls,
+            command,
+        } => {
+            let remote = file_sync::Remote::new(file_sync, tls.load()?);
+            spider(&remote, command).await
+        }
         Command::Certs { out, names } => {
             let written = crawlctl::certs::write_cluster_certs(&out, &names)?;
             if written.ca_made {
@@ -262,7 +274,7 @@ async fn token(database_url: &str, command: TokenCommand) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn spider(file_sync: &str, command: SpiderCommand) -> anyhow::Result<()> {
+async fn spider(file_sync: &file_sync::Remote, command: SpiderCommand) -> anyhow::Result<()> {
     use file_sync::client;
     match command {
         SpiderCommand::Push { dir, name } => {

@@ -70,7 +70,7 @@ struct Server {
 impl Server {
     fn start(root: &Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_file-sync"))
-            .args(["--listen", "127.0.0.1:0", "--root"])
+            .args(["--listen", "127.0.0.1:0", "--grpc-plaintext", "--root"])
             .arg(root)
             .args(["--scan-ttl-ms", "60000"])
             .env("RUST_LOG", "warn")
@@ -89,7 +89,11 @@ impl Server {
             .unwrap();
         Self { child, addr }
     }
-    fn endpoint(&self) -> String {
+    /// Plaintext: the bench measures file-sync's own transfer.
+    fn endpoint(&self) -> file_sync::Remote {
+        file_sync::Remote::plaintext(self.url())
+    }
+    fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
     fn status_kb(&self, field: &str) -> u64 {
@@ -251,9 +255,10 @@ fn main() {
         let t = Instant::now();
         let _ = rt.block_on(client::list_spiders(&ep)).unwrap();
         rt.block_on(async {
-            let mut c = file_sync::proto::file_sync_client::FileSyncClient::connect(ep.clone())
-                .await
-                .unwrap();
+            let mut c =
+                file_sync::proto::file_sync_client::FileSyncClient::connect(ep.url().to_string())
+                    .await
+                    .unwrap();
             let mut s = c
                 .stream_file_scan(file_sync::proto::ScanRequest {
                     spider: "big".into(),

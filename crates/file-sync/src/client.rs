@@ -33,7 +33,7 @@ use crawler_core::ErrorCode;
 use crawler_core::retry::{RetryPolicy, Transient};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::compress::decode;
 use crate::paths::{
@@ -46,6 +46,7 @@ use crate::proto::{
     StatsResponse, UploadBegin, UploadCommit, UploadFile, UploadRequest, download_chunk,
     upload_request,
 };
+pub use crate::remote::Remote;
 use crate::{DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES};
 
 /// Why a sync failed. A task that needed the files must fail with it.
@@ -218,21 +219,9 @@ pub struct PushReport {
     pub bytes: u64,
 }
 
-/// Accepts `host:port` or a full `http://host:port` URL.
-fn endpoint_url(endpoint: &str) -> String {
-    if endpoint.contains("://") {
-        endpoint.to_owned()
-    } else {
-        format!("http://{endpoint}")
-    }
-}
-
-async fn connect(endpoint: &str, timeout: Duration) -> Result<FileSyncClient<Channel>, SyncError> {
-    let url = endpoint_url(endpoint);
-    let ep = Endpoint::from_shared(url).map_err(|e| SyncError::InvalidEndpoint {
-        endpoint: endpoint.to_owned(),
-        reason: e.to_string(),
-    })?;
+async fn connect(remote: &Remote, timeout: Duration) -> Result<FileSyncClient<Channel>, SyncError> {
+    let endpoint = remote.url();
+    let ep = remote.endpoint()?;
     let channel = ep
         .connect_timeout(timeout)
         .tcp_nodelay(true)
@@ -248,10 +237,10 @@ async fn connect(endpoint: &str, timeout: Duration) -> Result<FileSyncClient<Cha
 }
 
 /// Makes `target` an exact copy of the spider `spider` on the server at
-/// `endpoint`. See the module documentation for the guarantees.
+/// `remote`. See the module documentation for the guarantees.
 #[must_use = "a failed mirror must fail the task that needed the files"]
 pub async fn mirror(
-    endpoint: &str,
+    remote: &Remote,
     spider: &str,
     target: &Path,
     options: &MirrorOptions,
@@ -276,7 +265,7 @@ pub async fn mirror(
     loop {
         attempt += 1;
         report.attempts = attempt;
-        match mirror_once(endpoint, spider, &target, &work, options, &mut report).await {
+        match mirror_once(remote, spider, &target, &work, options, &mut report).await {
             Ok(()) => {
                 tracing::info!(
                     spider,
@@ -452,14 +441,14 @@ async fn blocking<T: Send + 'static>(
 }
 
 async fn mirror_once(
-    endpoint: &str,
+    remote: &Remote,
     spider: &str,
     target: &Path,
     work: &Path,
     options: &MirrorOptions,
     report: &mut MirrorReport,
 ) -> Result<(), SyncError> {
-    let mut client = connect(endpoint, options.connect_timeout).await?;
+    let mut client = connect(remote, options.connect_timeout).await?;
     let (entries, scan_id) = fetch_listing(&mut client, spider).await?;
     let remote: HashMap<&str, &FileEntry> = entries.iter().map(|e| (e.path.as_str(), e)).collect();
 
@@ -1080,7 +1069,7 @@ fn finish_file(
 /// it in whole once every file arrived and verified.
 #[must_use = "a failed push published nothing"]
 pub async fn push_folder(
-    endpoint: &str,
+    remote: &Remote,
     spider: &str,
     dir: &Path,
 ) -> Result<PushReport, SyncError> {
@@ -1116,7 +1105,7 @@ pub async fn push_folder(
         })
         .await?
     };
-    let mut client = connect(endpoint, Duration::from_secs(5)).await?;
+    let mut client = connect(remote, Duration::from_secs(5)).await?;
     let (tx, rx) = mpsc::channel::<UploadRequest>(4);
     let total = entries.len() as u64;
     // Reads files on a blocking thread, a chunk at a time; the channel keeps
@@ -1180,8 +1169,8 @@ pub async fn push_folder(
 
 /// Names of the spiders the server holds, sorted.
 #[must_use = "the list is the point of the call"]
-pub async fn list_spiders(endpoint: &str) -> Result<Vec<String>, SyncError> {
-    let mut client = connect(endpoint, Duration::from_secs(5)).await?;
+pub async fn list_spiders(remote: &Remote) -> Result<Vec<String>, SyncError> {
+    let mut client = connect(remote, Duration::from_secs(5)).await?;
     let response = client
         .list_spiders(ListSpidersRequest {})
         .await
@@ -1196,8 +1185,8 @@ pub async fn list_spiders(endpoint: &str) -> Result<Vec<String>, SyncError> {
 
 /// The server's counters.
 #[must_use = "the counters are the point of the call"]
-pub async fn stats(endpoint: &str) -> Result<StatsResponse, SyncError> {
-    let mut client = connect(endpoint, Duration::from_secs(5)).await?;
+pub async fn stats(remote: &Remote) -> Result<StatsResponse, SyncError> {
+    let mut client = connect(remote, Duration::from_secs(5)).await?;
     Ok(client
         .stats(StatsRequest {})
         .await

@@ -16,11 +16,12 @@ pub mod client;
 pub mod compress;
 pub mod metrics;
 pub mod paths;
+mod remote;
 pub mod scan;
 pub mod server;
 pub mod tree;
 
-pub use client::{MirrorOptions, MirrorReport, SyncError};
+pub use client::{MirrorOptions, MirrorReport, Remote, SyncError};
 pub use server::{Config, FileSyncServer};
 
 /// Generated gRPC types of the file-sync contract.

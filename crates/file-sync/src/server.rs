@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use crawler_core::ErrorCode;
 use crawler_core::config::{AdminArgs, ServiceArgs};
+use crawler_core::tls::{AdmitRoles, GrpcSecurity, Role, TlsArgs};
 use futures::Stream;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -69,6 +70,8 @@ pub struct Config {
     #[arg(long, env = "FILE_SYNC__LOG_FILTER", default_value = "info")]
     pub log_filter: String,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
     pub admin: AdminArgs,
     #[command(flatten)]
     pub service: ServiceArgs,
@@ -100,6 +103,7 @@ impl Config {
 /// A bound, not yet running, file-sync server.
 pub struct FileSyncServer {
     listener: TcpListener,
+    security: GrpcSecurity,
     addr: SocketAddr,
     state: Arc<State>,
     admin: Option<SocketAddr>,
@@ -107,6 +111,10 @@ pub struct FileSyncServer {
 
 /// What the rpc handlers share.
 pub struct State {
+    /// Who may read spiders (scan, download, list, stats): workers and
+    /// operators; who may publish them: operators.
+    readers: AdmitRoles,
+    publishers: AdmitRoles,
     spiders: Spiders,
     metrics: Arc<Metrics>,
     max_chunk: u32,
@@ -116,6 +124,7 @@ impl FileSyncServer {
     /// Validates the configuration, creates the root if needed and binds.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
+        let security = config.tls.load()?;
         std::fs::create_dir_all(&config.root)
             .with_context(|| format!("creating the root folder {}", config.root.display()))?;
         let metrics = Arc::new(Metrics::default());
@@ -140,11 +149,14 @@ impl FileSyncServer {
             listener,
             addr,
             state: Arc::new(State {
+                readers: security.admit(&[Role::Worker, Role::Operator]),
+                publishers: security.admit(&[Role::Operator]),
                 spiders,
                 metrics,
                 max_chunk: config.max_chunk_bytes,
             }),
             admin: config.admin.admin_listen,
+            security,
         })
     }
 
@@ -172,7 +184,9 @@ impl FileSyncServer {
         )
         .await?;
         tracing::info!(addr = %self.addr, root = %self.state.spiders.root().display(), "file-sync serving");
-        let served = tonic::transport::Server::builder()
+        let served = self
+            .security
+            .server()?
             .initial_stream_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(8 * 1024 * 1024)
             .tcp_nodelay(true)
@@ -242,6 +256,7 @@ impl FileSync for Service {
         &self,
         request: Request<ScanRequest>,
     ) -> Result<Response<Self::StreamFileScanStream>, Status> {
+        self.state.readers.check(&request)?;
         let req = request.into_inner();
         let prefix = if req.path.is_empty() {
             None
@@ -299,6 +314,7 @@ impl FileSync for Service {
         &self,
         request: Request<DownloadRequest>,
     ) -> Result<Response<Self::StreamFileDownloadStream>, Status> {
+        self.state.readers.check(&request)?;
         let req = request.into_inner();
         let state = &self.state;
         add(&state.metrics.download_requests, 1);
@@ -378,6 +394,8 @@ impl FileSync for Service {
         &self,
         request: Request<Streaming<UploadRequest>>,
     ) -> Result<Response<UploadResponse>, Status> {
+        // Publishing a spider changes what every worker runs.
+        self.state.publishers.check(&request)?;
         let mut stream = request.into_inner();
         let spider = match stream.message().await? {
             Some(UploadRequest {
@@ -446,8 +464,9 @@ impl FileSync for Service {
 
     async fn list_spiders(
         &self,
-        _request: Request<ListSpidersRequest>,
+        request: Request<ListSpidersRequest>,
     ) -> Result<Response<ListSpidersResponse>, Status> {
+        self.state.readers.check(&request)?;
         let root = self.state.spiders.root().to_path_buf();
         let mut names = Vec::new();
         let mut dir = tokio::fs::read_dir(&root)
@@ -473,8 +492,9 @@ impl FileSync for Service {
 
     async fn stats(
         &self,
-        _request: Request<StatsRequest>,
+        request: Request<StatsRequest>,
     ) -> Result<Response<StatsResponse>, Status> {
+        self.state.readers.check(&request)?;
         Ok(Response::new(self.state.metrics.snapshot()))
     }
 }

@@ -7,6 +7,7 @@ use crawler_core::ErrorCode;
 use std::pin::Pin;
 
 use common::{InProcess, write_file, write_spider_v1};
+use file_sync::Remote;
 use file_sync::client::{self, MirrorOptions, SyncError};
 use file_sync::paths::EscapeReason;
 use file_sync::proto::file_sync_client::FileSyncClient;
@@ -20,7 +21,7 @@ use futures::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 async fn raw_client(server: &InProcess) -> FileSyncClient<tonic::transport::Channel> {
-    FileSyncClient::connect(server.endpoint()).await.unwrap()
+    FileSyncClient::connect(server.url()).await.unwrap()
 }
 
 async fn download_status(
@@ -316,7 +317,7 @@ async fn the_client_refuses_a_malicious_listing_before_writing_anything() {
         let target = tmp.path().join("deep/target");
 
         let result = client::mirror(
-            &format!("http://{addr}"),
+            &Remote::plaintext(format!("http://{addr}")),
             "quotes",
             &target,
             &MirrorOptions::default(),
@@ -356,7 +357,7 @@ async fn the_client_refuses_a_listing_with_a_file_under_an_unlisted_folder() {
             ),
     );
     let result = client::mirror(
-        &format!("http://{addr}"),
+        &Remote::plaintext(format!("http://{addr}")),
         "quotes",
         &tmp.path().join("t"),
         &MirrorOptions::default(),
@@ -371,7 +372,7 @@ async fn invalid_spider_names_are_refused_by_the_client() {
     let tmp = tempfile::tempdir().unwrap();
     for bad in ["..", "a/b", "", "a b"] {
         let r = client::mirror(
-            "http://127.0.0.1:1",
+            &Remote::plaintext("http://127.0.0.1:1"),
             bad,
             tmp.path(),
             &MirrorOptions::default(),

@@ -47,7 +47,7 @@ async fn twenty_concurrent_scans_share_one_walk_and_one_hash_pass() {
         );
     }
     let server = InProcess::start(&root).await;
-    let ep = server.endpoint();
+    let ep = server.url();
     let scans: Vec<_> = (0..20)
         .map(|_| {
             let ep = ep.clone();
@@ -159,7 +159,7 @@ async fn readers_see_the_old_or_the_new_version_never_a_mix() {
 async fn health_says_serving_and_unknown_spiders_are_not_found() {
     let tmp = tempfile::tempdir().unwrap();
     let server = InProcess::start(&tmp.path().join("root")).await;
-    let channel = tonic::transport::Endpoint::from_shared(server.endpoint())
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
         .unwrap()
         .connect()
         .await

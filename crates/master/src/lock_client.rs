@@ -5,7 +5,6 @@
 //! sends the call on to the next replica in the list. Every call has a
 //! deadline, so a frozen replica costs one deadline, never a stuck job.
 
-use crawler_core::tls::GrpcSecurity;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
@@ -13,6 +12,7 @@ use std::time::Duration;
 
 use crawler_core::ErrorCode;
 use crawler_core::retry::{RetryError, RetryPolicy};
+use crawler_core::tls::GrpcSecurity;
 use crawler_core::trace::SendContext;
 use crawler_proto::v1::lock_service_client::LockServiceClient;
 use tokio_util::sync::CancellationToken;

@@ -11,12 +11,12 @@ pub mod robots;
 mod session;
 pub mod spider;
 
-use crawler_core::tls::GrpcSecurity;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crawler_core::net_policy::NetworkPolicy;
 use crawler_core::ports::HostGate;
+use crawler_core::tls::GrpcSecurity;
 use tokio_util::sync::CancellationToken;
 
 pub use config::WorkerConfig;
@@ -36,8 +36,9 @@ impl Worker {
         let security = config.tls.load()?;
         let policy = NetworkPolicy::new(config.allow_network.clone());
         let fetcher = Arc::new(Fetcher::new(&config.fetch_config(), policy)?);
+        // Spiders are downloaded with this worker's certificate.
         let spiders = Arc::new(spider::SpiderCache::new(
-            config.file_sync.clone(),
+            file_sync::Remote::new(config.file_sync.clone(), security.clone()),
             config.spider_dir(),
         ));
         let gate: Option<Arc<dyn HostGate>> = match &config.host_gate {

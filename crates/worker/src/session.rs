@@ -1,7 +1,6 @@
 //! One worker's stream to one master: register, grant credit, run batches,
 //! and reconnect with backoff and jitter when the stream drops.
 
-use crawler_core::tls::GrpcSecurity;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -19,6 +18,7 @@ use tracing::Instrument;
 use url::Url;
 
 use crawler_core::retry::RetryPolicy;
+use crawler_core::tls::GrpcSecurity;
 
 use crate::fetch::Fetcher;
 use crate::polite::{Admission, Politeness};

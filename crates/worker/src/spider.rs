@@ -18,6 +18,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use file_sync::Remote;
+
 use regex::Regex;
 use serde::Deserialize;
 use url::Url;
@@ -123,7 +125,7 @@ impl SpiderRules {
 /// jobs of one spider must not mirror into one folder at once), and keeps
 /// each job's rules so later batches of the job do not sync again.
 pub struct SpiderCache {
-    file_sync: String,
+    file_sync: Remote,
     dir: PathBuf,
     per_spider: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     per_job: Mutex<HashMap<String, Arc<SpiderRules>>>,
@@ -133,7 +135,7 @@ pub struct SpiderCache {
 const JOBS_REMEMBERED: usize = 1024;
 
 impl SpiderCache {
-    pub fn new(file_sync: String, dir: PathBuf) -> Self {
+    pub fn new(file_sync: Remote, dir: PathBuf) -> Self {
         Self {
             file_sync,
             dir,

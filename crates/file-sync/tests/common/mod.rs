@@ -12,8 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crawler_core::tls::TlsArgs;
 use file_sync::metrics::Metrics;
-use file_sync::{Config, FileSyncServer};
+use file_sync::{Config, FileSyncServer, Remote};
 use tokio_util::sync::CancellationToken;
 
 /// The `file-sync` binary running on a free port with its own root.
@@ -27,7 +28,7 @@ impl ServerProcess {
     /// line it prints, with a deadline.
     pub fn start(root: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_file-sync"))
-            .args(["--listen", "127.0.0.1:0", "--root"])
+            .args(["--listen", "127.0.0.1:0", "--grpc-plaintext", "--root"])
             .arg(root)
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -56,7 +57,12 @@ impl ServerProcess {
         Self { child, addr }
     }
 
-    pub fn endpoint(&self) -> String {
+    /// The server as a client reaches it: in plaintext, as these tests run it.
+    pub fn endpoint(&self) -> Remote {
+        Remote::plaintext(self.url())
+    }
+
+    pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
@@ -85,7 +91,9 @@ impl InProcess {
         Self::start_with(Config::for_root(root)).await
     }
 
-    pub async fn start_with(config: Config) -> Self {
+    /// Serves `config` in plaintext, as these tests choose.
+    pub async fn start_with(mut config: Config) -> Self {
+        config.tls = TlsArgs::plaintext();
         let server = FileSyncServer::build(config).await.expect("server builds");
         let addr = server.local_addr();
         let metrics = server.metrics();
@@ -98,7 +106,12 @@ impl InProcess {
         }
     }
 
-    pub fn endpoint(&self) -> String {
+    /// The server as a client reaches it: in plaintext, as these tests run it.
+    pub fn endpoint(&self) -> Remote {
+        Remote::plaintext(self.url())
+    }
+
+    pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 }
