@@ -26,6 +26,10 @@ pub struct MessagingArgs {
     )]
     #[serde(serialize_with = "redacted_url")]
     pub redis_url: String,
+    /// PEM file of the CA a `rediss://` server's certificate chains to,
+    /// when not a system root.
+    #[arg(long, env = "CRAWLER__REDIS_CA")]
+    pub redis_ca: Option<std::path::PathBuf>,
     /// Prefix of queue names and cache keys; services of one cluster share it.
     #[arg(long, env = "CRAWLER__NAMESPACE", default_value = "crawler")]
     pub namespace: String,

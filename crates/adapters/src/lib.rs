@@ -15,6 +15,7 @@ mod postgres_store;
 mod queue_settings;
 mod rabbit;
 mod redis_cache;
+mod redis_client;
 mod redis_gate;
 mod sql_store;
 mod sqlite_store;
@@ -42,6 +43,9 @@ pub use sqlite_store::SqliteStore;
 pub struct ClusterEngineConfig {
     pub amqp_url: String,
     pub redis_url: String,
+    /// The CA a `rediss://` server's certificate must chain to, instead
+    /// of the system's roots.
+    pub redis_ca: Option<std::path::PathBuf>,
     pub database_url: String,
     pub namespace: String,
     pub queue: QueueSettings,
@@ -58,6 +62,7 @@ impl ClusterEngineConfig {
         Self {
             amqp_url: amqp_url.into(),
             redis_url: redis_url.into(),
+            redis_ca: None,
             database_url: database_url.into(),
             namespace: namespace.into(),
             queue: QueueSettings::default(),
@@ -71,7 +76,7 @@ impl ClusterEngineConfig {
 pub async fn cluster_engines(cfg: &ClusterEngineConfig) -> AdapterResult<Engines> {
     let (queue, cache, store) = tokio::try_join!(
         RabbitQueue::connect(&cfg.amqp_url, &cfg.namespace, cfg.queue.clone()),
-        RedisCache::connect(&cfg.redis_url, &cfg.namespace),
+        RedisCache::connect(&cfg.redis_url, cfg.redis_ca.as_deref(), &cfg.namespace),
         PgStore::connect(&cfg.database_url),
     )?;
     let store = Arc::new(store);

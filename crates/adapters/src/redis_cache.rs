@@ -41,8 +41,13 @@ pub struct RedisCache {
 
 impl RedisCache {
     /// Connects now, so an unreachable server is reported at startup; the
-    /// connection manager reconnects by itself afterwards.
-    pub async fn connect(url: &str, namespace: &str) -> AdapterResult<Self> {
+    /// connection manager reconnects by itself afterwards. A `rediss://`
+    /// server must show a certificate of `ca`, or of a system root.
+    pub async fn connect(
+        url: &str,
+        ca: Option<&std::path::Path>,
+        namespace: &str,
+    ) -> AdapterResult<Self> {
         let shown_url = redact_url(url);
         let unreachable = |cause: &dyn std::fmt::Display| {
             AdapterError::new(
@@ -50,7 +55,7 @@ impl RedisCache {
                 format!("cannot reach Redis at {shown_url}: {cause}"),
             )
         };
-        let client = redis::Client::open(url).map_err(|e| unreachable(&e))?;
+        let client = crate::redis_client::redis_client(url, ca).map_err(|e| unreachable(&e))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)))

@@ -72,9 +72,11 @@ pub struct RedisHostGate {
 }
 
 impl RedisHostGate {
-    pub fn new(url: &str, namespace: &str) -> AdapterResult<Self> {
+    /// The gate on the Redis at `url` (over TLS for `rediss://`, trusting
+    /// `ca` when given).
+    pub fn new(url: &str, ca: Option<&std::path::Path>, namespace: &str) -> AdapterResult<Self> {
         let shown_url = redact_url(url);
-        let client = redis::Client::open(url).map_err(|e| {
+        let client = crate::redis_client::redis_client(url, ca).map_err(|e| {
             AdapterError::new(ENGINE, format!("bad Redis address {shown_url}: {e}"))
         })?;
         Ok(Self {

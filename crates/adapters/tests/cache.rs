@@ -11,7 +11,7 @@ use crawler_core::ports::ResultCache;
 async fn redis() -> Subject<dyn ResultCache> {
     // Keys are unique per test, under a namespace unique per run; they
     // expire by themselves, so there is nothing to clean up beyond that.
-    let cache = RedisCache::connect(&common::redis_url(), &common::namespace())
+    let cache = RedisCache::connect(&common::redis_url(), None, &common::namespace())
         .await
         .expect("Redis for tests");
     Subject::new(Arc::new(cache))

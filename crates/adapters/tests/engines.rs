@@ -92,7 +92,7 @@ async fn unreachable_rabbitmq_is_named_without_its_password() {
 
 #[tokio::test]
 async fn unreachable_redis_is_named_without_its_password() {
-    let error = RedisCache::connect("redis://:hunter2@127.0.0.1:1/", "ns")
+    let error = RedisCache::connect("redis://:hunter2@127.0.0.1:1/", None, "ns")
         .await
         .err()
         .expect("nothing listens on port 1");

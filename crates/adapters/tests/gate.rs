@@ -10,7 +10,8 @@ use crawler_core::ports::HostGate;
 
 async fn redis() -> Subject<dyn HostGate> {
     // Hosts are unique per test and every key expires by itself.
-    let gate = RedisHostGate::new(&common::redis_url(), &common::namespace()).expect("a Redis URL");
+    let gate =
+        RedisHostGate::new(&common::redis_url(), None, &common::namespace()).expect("a Redis URL");
     Subject::new(Arc::new(gate))
 }
 

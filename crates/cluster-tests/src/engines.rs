@@ -52,6 +52,8 @@ fn run(command: &mut Command, what: &str) {
 pub struct PrivateRedis {
     port: u16,
     child: Option<Child>,
+    /// Serves TLS only, with these files (certificate, key, CA).
+    tls: Option<[PathBuf; 3]>,
 }
 
 impl PrivateRedis {
@@ -59,18 +61,57 @@ impl PrivateRedis {
         let mut redis = Self {
             port: free_port(),
             child: None,
+            tls: None,
+        };
+        redis.up().await;
+        redis
+    }
+
+    /// A server that takes TLS connections only, with this certificate
+    /// and key (PEM); clients show no certificate.
+    pub async fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> Self {
+        let mut redis = Self {
+            port: free_port(),
+            child: None,
+            tls: Some([cert.to_path_buf(), key.to_path_buf(), ca.to_path_buf()]),
         };
         redis.up().await;
         redis
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match self.tls {
+            None => format!("redis://127.0.0.1:{}/", self.port),
+            Some(_) => format!("rediss://127.0.0.1:{}/", self.port),
+        }
     }
 
     pub async fn up(&mut self) {
+        let port = self.port.to_string();
+        let listen: Vec<String> = match &self.tls {
+            None => vec!["--port".into(), port],
+            Some([cert, key, ca]) => vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port,
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(&listen)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -105,6 +146,8 @@ pub struct PrivatePostgres {
     dir: TempDir,
     port: u16,
     bin: PathBuf,
+    /// Serves TLS with the certificate and key copied into its folder.
+    tls: bool,
 }
 
 /// Runs `command` as the `postgres` user when this process is root.
@@ -125,6 +168,16 @@ fn as_postgres(bin: &std::path::Path, program: &str) -> Command {
 
 impl PrivatePostgres {
     pub async fn start() -> Self {
+        Self::make(None).await
+    }
+
+    /// A cluster that serves TCP clients over TLS only, with this
+    /// certificate and key (PEM): a plaintext connection is refused.
+    pub async fn start_with_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        Self::make(Some((cert, key))).await
+    }
+
+    async fn make(tls: Option<(&std::path::Path, &std::path::Path)>) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|versions| versions.filter_map(Result::ok).map(|e| e.path()).max())
@@ -146,10 +199,31 @@ impl PrivatePostgres {
                 .args(["--auth=trust", "--no-sync", "-E", "UTF8"]),
             "initdb",
         );
+        if let Some((cert, key)) = tls {
+            let hba = data.join("pg_hba.conf");
+            std::fs::write(
+                &hba,
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .expect("write pg_hba.conf");
+            for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+                let to = dir.path().join(name);
+                std::fs::copy(from, &to).expect("copy the server's certificate and key");
+                run(
+                    Command::new("chown").args(["postgres:postgres", &to.display().to_string()]),
+                    "chown the certificate",
+                );
+                run(
+                    Command::new("chmod").args(["600", &to.display().to_string()]),
+                    "chmod the certificate",
+                );
+            }
+        }
         let postgres = Self {
             dir,
             port: free_port(),
             bin,
+            tls: tls.is_some(),
         };
         postgres.up().await;
         postgres
@@ -162,11 +236,17 @@ impl PrivatePostgres {
 
     pub async fn up(&self) {
         let data = self.dir.path().join("data");
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
             self.dir.path().display()
         );
+        if self.tls {
+            let dir = self.dir.path().display();
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key"
+            ));
+        }
         run(
             as_postgres(&self.bin, "pg_ctl")
                 .args([

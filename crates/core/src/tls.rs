@@ -127,9 +127,7 @@ impl TlsArgs {
                 let ca_pem = read(ca, "CA certificate --tls-ca")?;
                 let cert_pem = read(cert, "certificate --tls-cert")?;
                 let key_pem = read(key, "private key --tls-key")?;
-                // One process-wide provider, ring, as for fetching pages;
-                // a second install is refused harmlessly.
-                let _ = rustls::crypto::ring::default_provider().install_default();
+                install_crypto_provider();
                 let role = role_of_pem(&cert_pem).ok_or_else(|| {
                     anyhow::anyhow!(
                         "{} names no role in its subject's organizational unit (make certificates with `crawlctl certs`)",
@@ -149,6 +147,13 @@ impl TlsArgs {
             _ => anyhow::bail!("--tls-ca, --tls-cert and --tls-key go together: give all three"),
         }
     }
+}
+
+/// Makes ring the process's TLS provider, for every rustls user (gRPC,
+/// fetching, the engines' clients), whichever asks first; later calls
+/// change nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The role in a PEM certificate.

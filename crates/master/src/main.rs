@@ -29,7 +29,11 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     };
     let Some(cache) = until_connected("redis", &shutdown, || {
-        RedisCache::connect(&engines.redis_url, &engines.namespace)
+        RedisCache::connect(
+            &engines.redis_url,
+            engines.redis_ca.as_deref(),
+            &engines.namespace,
+        )
     })
     .await
     else {

@@ -117,6 +117,10 @@ pub struct WorkerConfig {
     #[arg(long, env = "CRAWLER__REDIS_URL")]
     #[serde(serialize_with = "crawler_core::config::redacted_optional_url")]
     pub host_gate: Option<String>,
+    /// PEM file of the CA a `rediss://` host gate's certificate chains to,
+    /// when not a system root.
+    #[arg(long = "host-gate-ca", env = "CRAWLER__REDIS_CA")]
+    pub host_gate_ca: Option<std::path::PathBuf>,
     /// Prefix of the host gate's keys; services of one cluster share it.
     #[arg(long, env = "CRAWLER__NAMESPACE", default_value = "crawler")]
     pub namespace: String,

@@ -73,8 +73,8 @@ pub enum FetcherError {
 
 impl Fetcher {
     pub fn new(config: &FetchConfig, policy: NetworkPolicy) -> Result<Self, FetcherError> {
-        // reqwest is built without a default crypto provider; install ring once.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // reqwest is built without a default crypto provider.
+        crawler_core::tls::install_crypto_provider();
         let policy = Arc::new(policy);
         let client = reqwest::Client::builder()
             .user_agent(config.user_agent.clone())

@@ -44,6 +44,7 @@ impl Worker {
         let gate: Option<Arc<dyn HostGate>> = match &config.host_gate {
             Some(url) => Some(Arc::new(crawler_adapters::RedisHostGate::new(
                 url,
+                config.host_gate_ca.as_deref(),
                 &config.namespace,
             )?)),
             None => None,

@@ -14,12 +14,13 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry =
         crawler_core::telemetry::init_tracing("ws-gateway", "info", config.service.log_format);
     let shutdown = crawler_core::shutdown::on_signal();
-    let engines = ClusterEngineConfig::new(
+    let mut engines = ClusterEngineConfig::new(
         config.messaging.amqp_url.clone(),
         config.messaging.redis_url.clone(),
         config.store.database_url.clone(),
         config.messaging.namespace.clone(),
     );
+    engines.redis_ca.clone_from(&config.messaging.redis_ca);
     let Some(engines) = until_connected("rabbitmq, redis and postgres", &shutdown, || {
         cluster_engines(&engines)
     })
