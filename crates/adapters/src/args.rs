@@ -18,6 +18,10 @@ pub struct MessagingArgs {
     )]
     #[serde(serialize_with = "redacted_url")]
     pub amqp_url: String,
+    /// PEM file of the CA an `amqps://` broker's certificate chains to,
+    /// when not a system root.
+    #[arg(long, env = "CRAWLER__AMQP_CA")]
+    pub amqp_ca: Option<std::path::PathBuf>,
     /// Redis URL of the result cache.
     #[arg(
         long,

@@ -46,6 +46,8 @@ pub struct ClusterEngineConfig {
     /// The CA a `rediss://` server's certificate must chain to, instead
     /// of the system's roots.
     pub redis_ca: Option<std::path::PathBuf>,
+    /// The same for an `amqps://` broker.
+    pub amqp_ca: Option<std::path::PathBuf>,
     pub database_url: String,
     pub namespace: String,
     pub queue: QueueSettings,
@@ -63,6 +65,7 @@ impl ClusterEngineConfig {
             amqp_url: amqp_url.into(),
             redis_url: redis_url.into(),
             redis_ca: None,
+            amqp_ca: None,
             database_url: database_url.into(),
             namespace: namespace.into(),
             queue: QueueSettings::default(),
@@ -75,7 +78,12 @@ impl ClusterEngineConfig {
 /// that adapter's own constructor instead.
 pub async fn cluster_engines(cfg: &ClusterEngineConfig) -> AdapterResult<Engines> {
     let (queue, cache, store) = tokio::try_join!(
-        RabbitQueue::connect(&cfg.amqp_url, &cfg.namespace, cfg.queue.clone()),
+        RabbitQueue::connect(
+            &cfg.amqp_url,
+            cfg.amqp_ca.as_deref(),
+            &cfg.namespace,
+            cfg.queue.clone()
+        ),
         RedisCache::connect(&cfg.redis_url, cfg.redis_ca.as_deref(), &cfg.namespace),
         PgStore::connect(&cfg.database_url),
     )?;

@@ -40,6 +40,9 @@ pub type RabbitSettings = QueueSettings;
 /// A [`crawler_core::ports::JobQueue`] on RabbitMQ.
 pub struct RabbitQueue {
     url: String,
+    /// For `amqps://`: the CA the broker's certificate chains to (PEM),
+    /// when not a system root.
+    ca: Option<String>,
     /// `url` without its password, for messages.
     shown_url: String,
     namespace: String,
@@ -68,13 +71,26 @@ impl Session {
 impl RabbitQueue {
     /// Connects and declares the namespace's queues and exchanges, so a
     /// broker that is down or refuses us is reported at startup.
+    /// An `amqps://` broker must show a certificate of `ca`, or of a
+    /// system root.
     pub async fn connect(
         amqp_url: &str,
+        ca: Option<&std::path::Path>,
         namespace: &str,
         settings: RabbitSettings,
     ) -> AdapterResult<Self> {
+        let ca = match ca {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                AdapterError::new(
+                    ENGINE,
+                    format!("cannot read the RabbitMQ CA {}: {e}", path.display()),
+                )
+            })?),
+            None => None,
+        };
         let queue = Self {
             url: amqp_url.to_string(),
+            ca,
             shown_url: redact_url(amqp_url),
             namespace: namespace.to_string(),
             names: Names::new(namespace),
@@ -179,11 +195,8 @@ impl RabbitQueue {
                 format!("cannot reach RabbitMQ at {}: {cause}", self.shown_url),
             )
         };
-        match tokio::time::timeout(
-            self.settings.connect_timeout,
-            Connection::connect(&self.url, properties),
-        )
-        .await
+        match tokio::time::timeout(self.settings.connect_timeout, self.connect_once(properties))
+            .await
         {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(e)) => Err(unreachable(&e)),
@@ -192,6 +205,19 @@ impl RabbitQueue {
                 self.settings.connect_timeout
             ))),
         }
+    }
+
+    /// One connection attempt, over TLS with the CA given for `amqps://`.
+    async fn connect_once(&self, properties: ConnectionProperties) -> lapin::Result<Connection> {
+        if self.url.starts_with("amqps://") {
+            crawler_core::tls::install_crypto_provider();
+        }
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: self.ca.clone(),
+        };
+        let runtime = lapin::runtime::default_runtime()?;
+        Connection::connect_with_config(&self.url, properties, tls, runtime).await
     }
 
     /// Forgets `session` after an operation on it failed, so the next call

@@ -44,6 +44,7 @@ async fn next_payload(jobs: &mut crawler_core::ports::DeliveryStream) -> Vec<u8>
 async fn rabbit_reconnects_after_its_connection_closes() {
     let queue = RabbitQueue::connect(
         &common::amqp_url(),
+        None,
         &common::namespace(),
         QueueSettings::default(),
     )
@@ -78,7 +79,7 @@ async fn unreachable_rabbitmq_is_named_without_its_password() {
         connect_timeout: Duration::from_secs(3),
         ..QueueSettings::default()
     };
-    let error = RabbitQueue::connect("amqp://guest:hunter2@127.0.0.1:1/%2f", "ns", settings)
+    let error = RabbitQueue::connect("amqp://guest:hunter2@127.0.0.1:1/%2f", None, "ns", settings)
         .await
         .err()
         .expect("nothing listens on port 1");
@@ -212,9 +213,14 @@ async fn cluster_engines_connect_all_three() {
     assert_eq!(engines.cache.get("absent").await.unwrap(), None);
     drop(engines);
 
-    let queue = RabbitQueue::connect(&common::amqp_url(), &namespace, QueueSettings::default())
-        .await
-        .unwrap();
+    let queue = RabbitQueue::connect(
+        &common::amqp_url(),
+        None,
+        &namespace,
+        QueueSettings::default(),
+    )
+    .await
+    .unwrap();
     queue.delete_namespace().await.unwrap();
     PgStore::drop_database(&server, &database).await.unwrap();
 }

@@ -10,7 +10,7 @@ use crawler_core::ports::JobQueue;
 
 async fn rabbit() -> Subject<dyn JobQueue> {
     let queue = Arc::new(
-        RabbitQueue::connect(&common::amqp_url(), &common::namespace(), settings())
+        RabbitQueue::connect(&common::amqp_url(), None, &common::namespace(), settings())
             .await
             .expect("RabbitMQ for tests"),
     );

@@ -297,10 +297,22 @@ pub struct PrivateRabbit {
     node: String,
     port: u16,
     child: Option<Child>,
+    /// With TLS, `port` takes TLS and plain AMQP moves to this port.
+    plain_port: Option<u16>,
 }
 
 impl PrivateRabbit {
     pub async fn start() -> Self {
+        Self::make(None).await
+    }
+
+    /// A node whose AMQP port takes TLS, with this certificate and key
+    /// (PEM); clients show no certificate.
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        Self::make(Some((cert, key))).await
+    }
+
+    async fn make(tls: Option<(&std::path::Path, &std::path::Path)>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("crawler-rabbit-")
             .tempdir()
@@ -309,30 +321,52 @@ impl PrivateRabbit {
             std::fs::create_dir_all(dir.path().join(sub)).expect("make the node's folders");
         }
         std::fs::write(dir.path().join("enabled_plugins"), "").expect("no plugins");
+        let port = free_port();
+        let plain_port = tls.map(|(cert, key)| {
+            for (from, name) in [(cert, "server.pem"), (key, "server.key")] {
+                std::fs::copy(from, dir.path().join(name)).expect("copy the broker's certificate");
+            }
+            let base = dir.path().display();
+            let conf = format!(
+                "listeners.ssl.default = {port}\n\
+                 ssl_options.certfile = {base}/server.pem\n\
+                 ssl_options.keyfile = {base}/server.key\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n"
+            );
+            std::fs::write(dir.path().join("tls.conf"), conf).expect("write the node's config");
+            free_port()
+        });
         // As root, rabbitmq-server runs the node as the rabbitmq user.
         let _ = Command::new("chown")
             .args(["-R", "rabbitmq:rabbitmq", &dir.path().display().to_string()])
             .output();
-        let port = free_port();
         let mut rabbit = Self {
             node: format!("crawler-test-{port}@localhost"),
             dir,
             port,
             child: None,
+            plain_port,
         };
         rabbit.up().await;
         rabbit
     }
 
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+        match self.plain_port {
+            None => format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port),
+            Some(_) => format!("amqps://guest:guest@127.0.0.1:{}/%2f", self.port),
+        }
     }
 
     pub async fn up(&mut self) {
         let base = self.dir.path();
         let child = Command::new("rabbitmq-server")
             .env("RABBITMQ_NODENAME", &self.node)
-            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env(
+                "RABBITMQ_NODE_PORT",
+                self.plain_port.unwrap_or(self.port).to_string(),
+            )
             .env("RABBITMQ_DIST_PORT", (self.port + 10_000).to_string())
             .env("RABBITMQ_MNESIA_BASE", base.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", base.join("log"))
@@ -340,7 +374,13 @@ impl PrivateRabbit {
                 "RABBITMQ_ENABLED_PLUGINS_FILE",
                 base.join("enabled_plugins"),
             )
-            .env("RABBITMQ_CONFIG_FILE", base.join("no-config"))
+            .env(
+                "RABBITMQ_CONFIG_FILE",
+                base.join(match self.plain_port {
+                    None => "no-config",
+                    Some(_) => "tls.conf",
+                }),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -693,6 +693,7 @@ impl Cluster {
     pub async fn queue(&self) -> crawler_adapters::RabbitQueue {
         crawler_adapters::RabbitQueue::connect(
             &self.engines.amqp,
+            None,
             &self.namespace,
             Default::default(),
         )
@@ -721,9 +722,13 @@ impl Cluster {
         } = self;
         drop((gateway, other_gateways, workers, masters, locks));
         drop((lock_proxies, gateway_amqp_proxy));
-        if let Ok(queue) =
-            crawler_adapters::RabbitQueue::connect(&engines.amqp, &namespace, Default::default())
-                .await
+        if let Ok(queue) = crawler_adapters::RabbitQueue::connect(
+            &engines.amqp,
+            None,
+            &namespace,
+            Default::default(),
+        )
+        .await
         {
             let _ = queue.delete_namespace().await;
             queue.close_connection().await;

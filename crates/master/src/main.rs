@@ -20,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
     let Some(queue) = until_connected("rabbitmq", &shutdown, || {
         RabbitQueue::connect(
             &engines.amqp_url,
+            engines.amqp_ca.as_deref(),
             &engines.namespace,
             QueueSettings::default(),
         )

@@ -21,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
         config.messaging.namespace.clone(),
     );
     engines.redis_ca.clone_from(&config.messaging.redis_ca);
+    engines.amqp_ca.clone_from(&config.messaging.amqp_ca);
     let Some(engines) = until_connected("rabbitmq, redis and postgres", &shutdown, || {
         cluster_engines(&engines)
     })
