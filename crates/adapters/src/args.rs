@@ -3,7 +3,9 @@
 //! variables (`CRAWLER__AMQP_URL`, ...).
 
 use clap::Args;
-use crawler_core::config::redacted_url;
+use std::path::PathBuf;
+
+use crawler_core::config::{read_secret_file, redacted_url};
 use serde::Serialize;
 
 /// The job queue and result cache of the master and the gateway.
@@ -22,6 +24,9 @@ pub struct MessagingArgs {
     /// when not a system root.
     #[arg(long, env = "CRAWLER__AMQP_CA")]
     pub amqp_ca: Option<std::path::PathBuf>,
+    /// File holding the RabbitMQ URL (a mounted secret); it replaces `--amqp-url`.
+    #[arg(long, env = "CRAWLER__AMQP_URL_FILE")]
+    pub amqp_url_file: Option<PathBuf>,
     /// Redis URL of the result cache.
     #[arg(
         long,
@@ -34,6 +39,9 @@ pub struct MessagingArgs {
     /// when not a system root.
     #[arg(long, env = "CRAWLER__REDIS_CA")]
     pub redis_ca: Option<std::path::PathBuf>,
+    /// File holding the Redis URL (a mounted secret); it replaces `--redis-url`.
+    #[arg(long, env = "CRAWLER__REDIS_URL_FILE")]
+    pub redis_url_file: Option<PathBuf>,
     /// Prefix of queue names and cache keys; services of one cluster share it.
     #[arg(long, env = "CRAWLER__NAMESPACE", default_value = "crawler")]
     pub namespace: String,
@@ -51,4 +59,30 @@ pub struct StoreArgs {
     )]
     #[serde(serialize_with = "redacted_url")]
     pub database_url: String,
+    /// File holding the Postgres URL (a mounted secret); it replaces `--database-url`.
+    #[arg(long, env = "CRAWLER__DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+}
+
+impl MessagingArgs {
+    /// Takes the URLs from their files, where files are given.
+    pub fn read_url_files(&mut self) -> anyhow::Result<()> {
+        if let Some(path) = &self.amqp_url_file {
+            self.amqp_url = read_secret_file(path, "the RabbitMQ URL")?;
+        }
+        if let Some(path) = &self.redis_url_file {
+            self.redis_url = read_secret_file(path, "the Redis URL")?;
+        }
+        Ok(())
+    }
+}
+
+impl StoreArgs {
+    /// Takes the URL from its file, when one is given.
+    pub fn read_url_file(&mut self) -> anyhow::Result<()> {
+        if let Some(path) = &self.database_url_file {
+            self.database_url = read_secret_file(path, "the Postgres URL")?;
+        }
+        Ok(())
+    }
 }

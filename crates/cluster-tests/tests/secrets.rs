@@ -1,8 +1,9 @@
 //! No secret reaches a log line: a cluster runs with a password in its
 //! Postgres and Redis URLs, API tokens (a good one and a wrong one) and
-//! private keys, and no service's log holds any of them.
+//! private keys, and no service's log holds any of them. A service also
+//! takes an engine's URL from a file, as a mounted secret gives it.
 
-use cluster_tests::processes::{ClusterSpec, EngineUrls};
+use cluster_tests::processes::{ClusterSpec, EngineUrls, Service, binary};
 use cluster_tests::site::{SitePlan, TestSite};
 use cluster_tests::ws::WsClient;
 
@@ -109,4 +110,48 @@ async fn no_service_logs_a_password_a_token_or_a_key() {
     }
     cluster.cleanup().await;
     drop_redis_user(&base.redis, &redis_user_name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_takes_its_database_url_from_a_mounted_file() {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let base = EngineUrls::from_env();
+    let password = format!("pg-file-pw-{run}");
+    let database = format!("crawler_secret_file_{}", &run[..12]);
+    let mut url = url::Url::parse(&base.postgres_server).expect("a Postgres URL");
+    url.set_password(Some(&password)).unwrap();
+    url.set_path(&database);
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("database-url");
+    // As a Kubernetes Secret mounts it: the value and a newline.
+    std::fs::write(&file, format!("{url}\n")).unwrap();
+
+    let args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--grpc-plaintext",
+        "--database-url-file",
+        &file.display().to_string(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    // It listens only once its store answered, on the URL of the file.
+    let lock = Service::start("lock-server", "lock-server", &args, true).await;
+    assert_eq!(lock.count_log(&password), 0, "the password was logged");
+    drop(lock);
+    crawler_adapters::PgStore::drop_database(&base.postgres_server, &database)
+        .await
+        .expect("drop the database");
+
+    // A file that is not there: a clear refusal naming it.
+    let missing = secrets.path().join("nothing-here");
+    let output = std::process::Command::new(binary("lock-server"))
+        .args(["--grpc-plaintext", "--database-url-file"])
+        .arg(&missing)
+        .output()
+        .expect("run the lock server");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nothing-here"), "{stderr}");
 }

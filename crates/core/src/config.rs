@@ -47,6 +47,17 @@ pub fn dump_if_asked<T: Serialize>(config: &T, service: &ServiceArgs) -> bool {
 
 /// `url` with any password replaced by `***`. Unparseable input is returned
 /// as a placeholder rather than verbatim, since it may still hold a secret.
+/// The secret in `path`, a file mounted from a secret store (a Kubernetes
+/// Secret, a compose secret), without its trailing newline. The error names
+/// the file, never what it holds.
+pub fn read_secret_file(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {what} from {}: {e}", path.display()))?;
+    let secret = text.trim_end_matches(['\n', '\r']).to_string();
+    anyhow::ensure!(!secret.is_empty(), "{} holds no {what}", path.display());
+    Ok(secret)
+}
+
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {

@@ -203,7 +203,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Token { store, command } => token(&store.database_url, command).await,
+        Command::Token { mut store, command } => {
+            store.read_url_file()?;
+            token(&store.database_url, command).await
+        }
         Command::Spider {
             file_sync,
             tls,

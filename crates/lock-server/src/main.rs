@@ -7,10 +7,11 @@ use lock_server::{LockServer, LockServerConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = LockServerConfig::parse();
+    let mut config = LockServerConfig::parse();
     if crawler_core::config::dump_if_asked(&config, &config.service) {
         return Ok(());
     }
+    config.store.read_url_file()?;
     // Refused before any engine is awaited, so a bad setting fails at once.
     config.validate()?;
     let security = config.tls.load()?;

@@ -7,10 +7,11 @@ use master::{Master, MasterConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = MasterConfig::parse();
+    let mut config = MasterConfig::parse();
     if crawler_core::config::dump_if_asked(&config, &config.service) {
         return Ok(());
     }
+    config.engines.read_url_files()?;
     // Refused before any engine is awaited, so a bad setting fails at once.
     config.validate()?;
     let _telemetry =

@@ -121,6 +121,9 @@ pub struct WorkerConfig {
     /// when not a system root.
     #[arg(long = "host-gate-ca", env = "CRAWLER__REDIS_CA")]
     pub host_gate_ca: Option<std::path::PathBuf>,
+    /// File holding the host gate's URL (a mounted secret); it replaces `--host-gate`.
+    #[arg(long = "host-gate-file", env = "CRAWLER__REDIS_URL_FILE")]
+    pub host_gate_file: Option<std::path::PathBuf>,
     /// Prefix of the host gate's keys; services of one cluster share it.
     #[arg(long, env = "CRAWLER__NAMESPACE", default_value = "crawler")]
     pub namespace: String,

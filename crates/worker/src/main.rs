@@ -3,9 +3,15 @@ use worker::{Worker, WorkerConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = WorkerConfig::parse();
+    let mut config = WorkerConfig::parse();
     if crawler_core::config::dump_if_asked(&config, &config.service) {
         return Ok(());
+    }
+    if let Some(path) = &config.host_gate_file {
+        config.host_gate = Some(crawler_core::config::read_secret_file(
+            path,
+            "the host gate's URL",
+        )?);
     }
     let _telemetry =
         crawler_core::telemetry::init_tracing("worker", "info", config.service.log_format);

@@ -5,10 +5,12 @@ use ws_gateway::{Gateway, GatewayConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = GatewayConfig::parse();
+    let mut config = GatewayConfig::parse();
     if crawler_core::config::dump_if_asked(&config, &config.service) {
         return Ok(());
     }
+    config.messaging.read_url_files()?;
+    config.store.read_url_file()?;
     // Refused before any engine is awaited, so a bad setting fails at once.
     config.validate()?;
     let _telemetry =
