@@ -6,6 +6,7 @@
 use cluster_tests::processes::{ClusterSpec, EngineUrls, Service, binary};
 use cluster_tests::site::{SitePlan, TestSite};
 use cluster_tests::ws::WsClient;
+use crawler_core::tls::Role;
 
 /// A Redis user of this test's own, with a password: other tests keep
 /// using the default user.
@@ -78,10 +79,31 @@ async fn no_service_logs_a_password_a_token_or_a_key() {
         WsClient::refused_upgrade(&format!("{}?token={wrong}", cluster.ws_url()), None).await;
     assert_eq!(status, 401);
 
-    // The body of every private key, line by line.
+    // file-sync too, on the cluster's certificates.
     let certs = cluster.certs.clone().expect("mutual TLS");
+    let spiders = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "--listen".to_string(),
+        "127.0.0.1:0".into(),
+        "--root".into(),
+        spiders.path().display().to_string(),
+    ];
+    args.extend(certs.args(Role::FileSync));
+    let file_sync = Service::start("file-sync", "file-sync", &args, true).await;
+    let operator = file_sync::Remote::new(
+        format!("http://{}", file_sync.addr()),
+        certs.tls(Role::Operator),
+    );
+    assert!(
+        file_sync::client::list_spiders(&operator)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The body of every private key, line by line.
     let mut key_lines = Vec::new();
-    for role in ["master", "worker", "lock-server"] {
+    for role in ["master", "worker", "lock-server", "file-sync", "operator"] {
         let key = std::fs::read_to_string(certs.dir().join(format!("{role}.key"))).unwrap();
         key_lines.extend(
             key.lines()
@@ -91,7 +113,7 @@ async fn no_service_logs_a_password_a_token_or_a_key() {
     }
     assert!(!key_lines.is_empty());
 
-    let mut services = vec![&cluster.gateway];
+    let mut services = vec![&cluster.gateway, &file_sync];
     services.extend(&cluster.locks);
     services.extend(&cluster.masters);
     services.extend(&cluster.workers);
