@@ -69,7 +69,7 @@ fn make_ca() -> anyhow::Result<(String, String)> {
         .push(DnType::CommonName, "crawler cluster CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    validity(&mut params, VALIDITY * 10)?;
+    validity(&mut params, VALIDITY * 10);
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -81,8 +81,11 @@ fn issue(
     names: &[String],
 ) -> anyhow::Result<(String, String)> {
     let mut sans: Vec<String> = LOCAL_NAMES.iter().map(|n| n.to_string()).collect();
-    sans.extend(names.iter().cloned());
-    sans.dedup();
+    for name in names {
+        if !sans.contains(name) {
+            sans.push(name.clone());
+        }
+    }
     let mut params = CertificateParams::new(sans).context("a name is not a DNS name or an IP")?;
     let mut subject = DistinguishedName::new();
     subject.push(DnType::CommonName, format!("crawler {role}"));
@@ -93,18 +96,17 @@ fn issue(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    validity(&mut params, VALIDITY)?;
+    validity(&mut params, VALIDITY);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// Valid from an hour ago (clocks differ) for `length`.
-fn validity(params: &mut CertificateParams, length: Duration) -> anyhow::Result<()> {
+fn validity(params: &mut CertificateParams, length: Duration) {
     let now = SystemTime::now();
     params.not_before = (now - Duration::from_secs(3600)).into();
     params.not_after = (now + length).into();
-    Ok(())
 }
 
 /// A Kubernetes Secret of one role: the CA, the certificate and the key.

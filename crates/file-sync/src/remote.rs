@@ -32,13 +32,8 @@ impl Remote {
     }
 
     pub(crate) fn endpoint(&self) -> Result<Endpoint, SyncError> {
-        let url = if self.url.contains("://") {
-            self.url.clone()
-        } else {
-            format!("http://{}", self.url)
-        };
         self.security
-            .endpoint(&url)
+            .endpoint(&self.url)
             .map_err(|e| SyncError::InvalidEndpoint {
                 endpoint: self.url.clone(),
                 reason: e.to_string(),

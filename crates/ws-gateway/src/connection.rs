@@ -307,7 +307,8 @@ async fn handle_text(
         ClientMessage::Status { job_id } => Some(job_id.clone()),
         ClientMessage::Auth { .. } => None,
     };
-    // The token may have been revoked since the connection showed it.
+    // The token may have been revoked since the connection showed it; a
+    // connection that showed none has no key to keep jobs under.
     if let Err(refusal) = state.auth.recheck(&client.identity).await {
         return vec![Outgoing::message(ServerMessage::error(
             job_id,

@@ -76,7 +76,7 @@ impl Metrics {
         describe_counter!(
             AUTH_REFUSED,
             Unit::Count,
-            "Tokens refused: missing, unknown or revoked, at the upgrade or in an `auth` message."
+            "Tokens refused at the upgrade or in an `auth` message: malformed, unknown or revoked."
         );
         describe_counter!(
             QUOTA_EXCEEDED,
