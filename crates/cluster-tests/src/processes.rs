@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crawler_core::tls::Role;
+use crawler_core::tls::{Role, TlsArgs};
 
 use crate::proxy::FaultProxy;
 
@@ -616,23 +616,7 @@ impl Cluster {
         let database_url = self.database_url();
         let mut all = vec!["token", "--database-url", &database_url];
         all.extend(args);
-        let run = tokio::process::Command::new(binary("crawlctl"))
-            .args(&all)
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(60), run)
-            .await
-            .expect("crawlctl ended")
-            .expect("run crawlctl");
-        assert!(
-            out.status.success(),
-            "crawlctl {all:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .expect("UTF-8")
-            .trim()
-            .to_string()
+        operator_command(&all, Duration::from_secs(60)).await
     }
 
     /// A new API token of `tenant` (for a gateway run with `--auth token`).
@@ -762,21 +746,8 @@ pub struct ClusterCerts {
 impl ClusterCerts {
     pub async fn make() -> Self {
         let dir = tempfile::tempdir().expect("a folder for the certificates");
-        let out = tokio::process::Command::new(binary("crawlctl"))
-            .arg("certs")
-            .arg("--out")
-            .arg(dir.path())
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(30), out)
-            .await
-            .expect("crawlctl certs ended")
-            .expect("run crawlctl certs");
-        assert!(
-            out.status.success(),
-            "crawlctl certs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = dir.path().display().to_string();
+        operator_command(&["certs", "--out", &out], Duration::from_secs(30)).await;
         Self { dir }
     }
 
@@ -786,23 +757,48 @@ impl ClusterCerts {
 
     /// The flags that give a service of `role` its certificate.
     pub fn args(&self, role: Role) -> Vec<String> {
-        let file = |name: String| self.dir().join(name).display().to_string();
-        vec![
-            "--tls-ca".to_string(),
-            file("ca.pem".to_string()),
-            "--tls-cert".to_string(),
-            file(format!("{role}.pem")),
-            "--tls-key".to_string(),
-            file(format!("{role}.key")),
+        let files = TlsArgs::from_dir(self.dir(), role);
+        [
+            ("--tls-ca", files.ca),
+            ("--tls-cert", files.cert),
+            ("--tls-key", files.key),
         ]
+        .into_iter()
+        .flat_map(|(flag, file)| {
+            let file = file.expect("from_dir names every file");
+            [flag.to_string(), file.display().to_string()]
+        })
+        .collect()
     }
 
     /// The TLS settings of a client of `role`.
     pub fn tls(&self, role: Role) -> crawler_core::tls::GrpcSecurity {
-        crawler_core::tls::TlsArgs::from_dir(self.dir(), role)
+        TlsArgs::from_dir(self.dir(), role)
             .load()
             .expect("the certificates load")
     }
+}
+
+/// Runs `crawlctl ARGS` as an operator would, within `deadline`, and
+/// returns its stdout once it succeeded.
+async fn operator_command(args: &[&str], deadline: Duration) -> String {
+    let run = tokio::process::Command::new(binary("crawlctl"))
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(deadline, run)
+        .await
+        .expect("crawlctl ended")
+        .expect("run crawlctl");
+    assert!(
+        out.status.success(),
+        "crawlctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_string()
 }
 
 /// The flags of a service of `role`: its certificate, or plaintext.
