@@ -80,7 +80,10 @@ impl Fetcher {
             .user_agent(config.user_agent.clone())
             .timeout(config.request_timeout)
             .connect_timeout(config.connect_timeout)
-            .pool_max_idle_per_host(16)
+            // No cap on idle connections per host (they close after 90 s
+            // idle): a cap below the fetches in flight to one host closed
+            // the extra connections at every lull between batches, and one
+            // fetch in four opened a new connection.
             .no_proxy()
             .redirect(redirect_policy(config.max_redirects, policy.clone()))
             .dns_resolver(Arc::new(PolicyResolver {
