@@ -120,6 +120,102 @@ async fn a_job_naming_a_spider_runs_under_its_rules_after_the_workers_synced_it(
     cluster.cleanup().await;
 }
 
+/// The cache key holds the spider's version: after an operator publishes a
+/// new version, the same job is crawled again under the new rules rather
+/// than answered with the old version's crawl, and that crawl is cached in
+/// turn. A resubmit of a job accepted before the upload still attaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_of_a_spider_is_never_answered_from_the_old_versions_cache() {
+    let root = tempfile::tempdir().unwrap();
+    let certs = Arc::new(ClusterCerts::make().await);
+    let file_sync = file_sync_with_spider(&certs, root.path(), "sample", SPIDER_TOML).await;
+    let fs_url = format!("http://{}", file_sync.addr());
+    let mut gateway_args = vec!["--file-sync".to_string(), fs_url.clone()];
+    gateway_args.extend(certs.args(Role::Gateway));
+    let cluster = ClusterSpec::new(1, 1)
+        .with_certs(certs.clone())
+        .gateway_args(&gateway_args.iter().map(String::as_str).collect::<Vec<_>>())
+        .worker_args(&["--file-sync", &fs_url])
+        .start()
+        .await;
+    let site = SampleSite::start().await.unwrap();
+    let home = format!("http://{}/", site.addr);
+    let mut client = WsClient::connect(&cluster.ws_url()).await;
+    let mut crawl = async |job: &str| {
+        client
+            .send_json(&submit(job, &site.start_url(), 1, "sample"))
+            .await;
+        let result = client.result(job).await;
+        let cached = result["cached"] == true;
+        (cached, page(&result, &home)["fields"].clone())
+    };
+
+    let v1_fields = json!({"heading": ["Sample"]});
+    assert_eq!(crawl("v1-first").await, (false, v1_fields.clone()));
+    assert_eq!(crawl("v1-again").await, (true, v1_fields.clone()));
+
+    let operator = Remote::new(fs_url.clone(), certs.tls(Role::Operator));
+    let v2 = SPIDER_TOML.replace(r#"heading = "h1""#, r#"heading = "title""#);
+    let _published = push(&operator, "sample", &v2)
+        .await
+        .expect("publish version 2");
+    let v2_fields = json!({"heading": ["Home"]});
+    assert_eq!(
+        crawl("v2-first").await,
+        (false, v2_fields.clone()),
+        "version 2 is crawled, not answered with version 1's crawl"
+    );
+    assert_eq!(crawl("v2-again").await, (true, v2_fields));
+
+    // The same request under an id accepted before the upload attaches to
+    // that job: the client does not choose the spider's version.
+    client
+        .send_json(&submit("v1-first", &site.start_url(), 1, "sample"))
+        .await;
+    let attached = client.result("v1-first").await;
+    assert_eq!(page(&attached, &home)["fields"], v1_fields);
+    cluster.cleanup().await;
+}
+
+/// When the gateway cannot learn a spider's version, the job is crawled,
+/// never answered from the cache, and its crawl is not cached either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_spider_version_is_unknown_bypasses_the_cache() {
+    let root = tempfile::tempdir().unwrap();
+    let certs = Arc::new(ClusterCerts::make().await);
+    let file_sync = file_sync_with_spider(&certs, root.path(), "sample", SPIDER_TOML).await;
+    let fs_url = format!("http://{}", file_sync.addr());
+    // The gateway asks a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut gateway_args = vec!["--file-sync".to_string(), nowhere];
+    gateway_args.extend(certs.args(Role::Gateway));
+    let cluster = ClusterSpec::new(1, 1)
+        .with_certs(certs)
+        .gateway_args(&gateway_args.iter().map(String::as_str).collect::<Vec<_>>())
+        .worker_args(&["--file-sync", &fs_url])
+        .start()
+        .await;
+    let site = SampleSite::start().await.unwrap();
+    let mut client = WsClient::connect(&cluster.ws_url()).await;
+    for job in ["first", "second"] {
+        client
+            .send_json(&submit(job, &site.start_url(), 1, "sample"))
+            .await;
+        let result = client.result(job).await;
+        assert_eq!(result["cached"], false, "{job}: {result}");
+        assert_eq!(levels_of(&result)[1].len(), 4, "{job} ran under the spider");
+    }
+    assert_eq!(
+        cluster
+            .gateway_metric("crawler_gateway_cache_hits_total")
+            .await,
+        0
+    );
+    cluster.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_spider_cannot_be_synced_fails_clearly_and_fetches_nothing() {
     let root = tempfile::tempdir().unwrap();

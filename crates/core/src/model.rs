@@ -36,6 +36,13 @@ pub struct CrawlOptions {
     /// Spider whose rules apply, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spider: Option<String>,
+    /// The version of `spider` (file-sync's digest of its folder) when the
+    /// job was accepted: part of the cache key, so a crawl made with an
+    /// older version of the spider never answers the job. `None` when the
+    /// job names no spider, or its version could not be learned, in which
+    /// case the job is neither answered from nor written to the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spider_version: Option<String>,
     /// Pages robots.txt disallows are not fetched (the default).
     #[serde(default = "yes")]
     pub respect_robots: bool,
@@ -45,6 +52,25 @@ fn yes() -> bool {
     true
 }
 
+impl CrawlOptions {
+    /// Whether the job may be answered from the cache and its crawl cached:
+    /// not when it names a spider whose version is unknown, since a crawl
+    /// of another version could then answer it.
+    pub fn cacheable(&self) -> bool {
+        self.spider.is_none() || self.spider_version.is_some()
+    }
+
+    /// Whether two jobs ask for the same crawl, whichever version of their
+    /// spider each was accepted with: the client does not choose it.
+    pub fn asks_same_as(&self, other: &Self) -> bool {
+        let asked = |o: &Self| Self {
+            spider_version: None,
+            ..o.clone()
+        };
+        asked(self) == asked(other)
+    }
+}
+
 impl Default for CrawlOptions {
     fn default() -> Self {
         Self {
@@ -52,6 +78,7 @@ impl Default for CrawlOptions {
             include_subdomains: false,
             max_pages: 0,
             spider: None,
+            spider_version: None,
             respect_robots: true,
         }
     }

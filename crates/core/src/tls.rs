@@ -29,15 +29,18 @@ pub enum Role {
     FileSync,
     /// A person or tool that runs the cluster: uploads spiders.
     Operator,
+    /// A websocket gateway: asks file-sync for spiders' versions.
+    Gateway,
 }
 
 impl Role {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Master,
         Self::Worker,
         Self::LockServer,
         Self::FileSync,
         Self::Operator,
+        Self::Gateway,
     ];
 
     /// The name in a certificate's organizational unit.
@@ -48,6 +51,7 @@ impl Role {
             Self::LockServer => "lock-server",
             Self::FileSync => "file-sync",
             Self::Operator => "operator",
+            Self::Gateway => "gateway",
         }
     }
 

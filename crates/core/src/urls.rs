@@ -137,6 +137,11 @@ pub fn cache_key(url: &str, options: &CrawlOptions) -> String {
     hasher.update(options.max_pages.to_string().as_bytes());
     hasher.update(b"\n");
     hasher.update(options.spider.as_deref().unwrap_or("").as_bytes());
+    // A new version of the spider makes a new key: its old crawls are stale.
+    if let Some(version) = &options.spider_version {
+        hasher.update(b"\nspider version ");
+        hasher.update(version.as_bytes());
+    }
     // A crawl that ignored robots.txt may hold pages a polite one refused.
     if !options.respect_robots {
         hasher.update(b"\nrobots ignored");
@@ -254,11 +259,24 @@ mod tests {
         assert_ne!(cache_key("http://x/", &a), cache_key("http://x/", &c));
         let impolite = CrawlOptions {
             respect_robots: false,
-            ..b
+            ..b.clone()
         };
         assert_ne!(
             cache_key("http://x/", &a),
             cache_key("http://x/", &impolite)
+        );
+        let spider = |version: &str| CrawlOptions {
+            spider: Some("docs".into()),
+            spider_version: Some(version.into()),
+            ..b.clone()
+        };
+        assert_ne!(
+            cache_key("http://x/", &spider("v1")),
+            cache_key("http://x/", &spider("v2"))
+        );
+        assert_eq!(
+            cache_key("http://x/", &spider("v1")),
+            cache_key("http://x/", &spider("v1"))
         );
     }
 }

@@ -337,7 +337,7 @@ pub fn validate_remote_entry(entry: &FileEntry) -> Result<(), SyncError> {
 
 /// Fetches and checks a whole listing: every path valid, no duplicates,
 /// every parent listed as a folder before its children, totals matching.
-async fn fetch_listing(
+pub(crate) async fn fetch_listing(
     client: &mut FileSyncClient<Channel>,
     spider: &str,
 ) -> Result<(Vec<FileEntry>, String), SyncError> {

@@ -20,9 +20,11 @@ mod remote;
 pub mod scan;
 pub mod server;
 pub mod tree;
+pub mod versions;
 
 pub use client::{MirrorOptions, MirrorReport, Remote, SyncError};
 pub use server::{Config, FileSyncServer};
+pub use versions::SpiderVersions;
 
 /// Generated gRPC types of the file-sync contract.
 pub use crawler_proto::filesync::v1 as proto;

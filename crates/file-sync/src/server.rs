@@ -149,7 +149,7 @@ impl FileSyncServer {
             listener,
             addr,
             state: Arc::new(State {
-                readers: security.admit(&[Role::Worker, Role::Operator]),
+                readers: security.admit(&[Role::Worker, Role::Operator, Role::Gateway]),
                 publishers: security.admit(&[Role::Operator]),
                 spiders,
                 metrics,

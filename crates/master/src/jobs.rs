@@ -301,7 +301,7 @@ async fn run_job(ctx: &Arc<JobContext>, spec: JobSpec, lease: v1::Lease) {
     };
     let took = Duration::from_millis(record.elapsed_ms);
     metrics::job_ended(record.state.as_str(), Some(took));
-    if let Some(summary) = &record.summary {
+    if let Some(summary) = record.summary.as_ref().filter(|_| spec.options.cacheable()) {
         let cached = CachedCrawl {
             summary: summary.clone(),
             job_id: job_id.clone(),

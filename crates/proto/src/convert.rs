@@ -18,6 +18,7 @@ impl From<&CrawlOptions> for v1::CrawlOptions {
             max_pages: o.max_pages,
             spider: o.spider.clone().unwrap_or_default(),
             ignore_robots: !o.respect_robots,
+            spider_version: o.spider_version.clone().unwrap_or_default(),
         }
     }
 }
@@ -30,6 +31,7 @@ impl From<v1::CrawlOptions> for CrawlOptions {
             max_pages: o.max_pages,
             spider: Some(o.spider).filter(|s| !s.is_empty()),
             respect_robots: !o.ignore_robots,
+            spider_version: Some(o.spider_version).filter(|s| !s.is_empty()),
         }
     }
 }
@@ -361,6 +363,17 @@ mod tests {
     fn options_without_spider_round_trip_to_none() {
         let opts = CrawlOptions {
             max_pages: 5,
+            ..Default::default()
+        };
+        let back: CrawlOptions = v1::CrawlOptions::from(&opts).into();
+        assert_eq!(back, opts);
+    }
+
+    #[test]
+    fn a_spider_and_its_version_round_trip() {
+        let opts = CrawlOptions {
+            spider: Some("docs".into()),
+            spider_version: Some("4f1c".into()),
             ..Default::default()
         };
         let back: CrawlOptions = v1::CrawlOptions::from(&opts).into();

@@ -8,6 +8,7 @@ use clap::Parser;
 use crawler_adapters::{MessagingArgs, StoreArgs};
 use crawler_core::config::ServiceArgs;
 use crawler_core::protocol::Limits;
+use crawler_core::tls::TlsArgs;
 use ipnet::IpNet;
 use serde::Serialize;
 
@@ -120,6 +121,16 @@ pub struct GatewayConfig {
         value_delimiter = ','
     )]
     pub allow_network: Vec<IpNet>,
+    /// The file-sync server, asked for the version of the spider a job
+    /// names: the version is part of the job's cache key, so a crawl made
+    /// with an older version never answers it. Without it, a job that names
+    /// a spider is neither answered from the cache nor cached. Reached with
+    /// the `--tls-*` files (a gateway certificate) or `--grpc-plaintext`.
+    #[arg(long = "file-sync", env = "WS_GATEWAY__FILE_SYNC")]
+    #[serde(serialize_with = "crawler_core::config::redacted_optional_url")]
+    pub file_sync: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub service: ServiceArgs,
 }

@@ -28,6 +28,7 @@ use crawler_core::admin::{EngineHealth, OnScrape, Probe, Readiness};
 use crawler_core::net_policy::NetworkPolicy;
 use crawler_core::ports::Engines;
 use crawler_core::protocol::{Limits, ServerMessage};
+use file_sync::SpiderVersions;
 use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,10 @@ pub use auth::AuthMode;
 pub use config::{ConnectionLimits, GatewayConfig};
 use metrics::Metrics;
 use routes::Routes;
+
+/// How long a submit waits for file-sync to name a spider's version; past
+/// it the job is crawled without the cache.
+const SPIDER_VERSION_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Shared by every connection of this gateway; cloning it copies a pointer,
 /// so the many connections that hold it hold 8 bytes each.
@@ -51,6 +56,8 @@ impl std::ops::Deref for AppState {
 
 pub struct Shared {
     engines: Engines,
+    /// Where the versions of spiders are learned, when file-sync is known.
+    spider_versions: Option<SpiderVersions>,
     auth: auth::Authenticator,
     quotas: quotas::Quotas,
     gateway_key: String,
@@ -89,7 +96,20 @@ impl Gateway {
                  any client's jobs; for local development only"
             );
         }
+        let spider_versions = match &config.file_sync {
+            Some(url) => {
+                let remote = file_sync::Remote::new(url.clone(), config.tls.load()?);
+                Some(SpiderVersions::new(&remote, SPIDER_VERSION_DEADLINE)?)
+            }
+            None => {
+                tracing::info!(
+                    "no --file-sync: jobs that name a spider are neither answered from the cache nor cached"
+                );
+                None
+            }
+        };
         let state = AppState(Arc::new(Shared {
+            spider_versions,
             auth: auth::Authenticator::new(config.auth, engines.tokens.clone()),
             quotas: config.quotas(),
             engines,

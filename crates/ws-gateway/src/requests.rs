@@ -101,6 +101,7 @@ async fn accept(
             allowed_hosts,
             include_subdomains: request.include_subdomains,
             max_pages: request.max_pages,
+            spider_version: spider_version(state, request.spider.as_deref()).await,
             spider: request.spider,
             respect_robots: request.respect_robots,
         },
@@ -117,7 +118,12 @@ async fn accept(
 
     // The cache first: a crawl as deep or deeper answers at once, no master involved.
     let key = urls::cache_key(&spec.url, &spec.options);
-    match state.engines.cache.get(&key).await {
+    let cached = if spec.options.cacheable() {
+        state.engines.cache.get(&key).await
+    } else {
+        Ok(None)
+    };
+    match cached {
         Ok(Some(cached)) if cached.summary.depth >= spec.depth => {
             let cached = cached.trimmed_to(spec.depth);
             return match state.engines.store.insert_done(&spec, &cached).await {
@@ -203,6 +209,20 @@ async fn accept(
     vec![Outgoing::message(accepted)]
 }
 
+/// The version of the spider a job names, as file-sync has it now; `None`
+/// when the job names none, or when it cannot be learned (no file-sync
+/// configured, or it did not answer), so the job bypasses the cache.
+async fn spider_version(state: &AppState, spider: Option<&str>) -> Option<String> {
+    let (spider, versions) = (spider?, state.spider_versions.as_ref()?);
+    match versions.current(spider).await {
+        Ok(version) => Some(version),
+        Err(e) => {
+            tracing::warn!(spider, error = %e, "cannot learn the spider's version; crawling without the cache");
+            None
+        }
+    }
+}
+
 /// What the tenant's jobs use now, as its quotas count it.
 async fn tenant_usage(
     state: &AppState,
@@ -259,7 +279,7 @@ async fn attach(
 ) -> Vec<Outgoing> {
     let same_request = existing.spec.url == asked.url
         && existing.spec.depth == asked.depth
-        && existing.spec.options == asked.options;
+        && existing.spec.options.asks_same_as(&asked.options);
     if !same_request {
         return vec![Outgoing::message(ServerMessage::error(
             Some(asked.client_job_id.clone()),
