@@ -89,6 +89,39 @@ async fn a_repeated_job_is_answered_from_the_cache_without_reaching_a_master() {
     cluster.cleanup().await;
 }
 
+/// A deeper job of a cached crawl starts from its levels: only the levels
+/// past them are fetched, and the result is the one a crawl from the start
+/// gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deeper_job_starts_from_the_levels_of_a_shallower_cached_crawl() {
+    let cluster = Cluster::start(1, 1, &[], &[]).await;
+    let site = SampleSite::start().await.unwrap();
+    let base = format!("http://{}", site.addr);
+    let mut client = WsClient::connect(&cluster.ws_url()).await;
+    client.submit("shallow", &site.start_url(), 1).await;
+    client.result("shallow").await;
+
+    client.submit("deeper", &site.start_url(), 2).await;
+    let deeper = client.result("deeper").await;
+    assert_eq!(deeper["cached"], false);
+    assert_sample_site_result(&deeper, &base, 2);
+    assert_eq!(
+        cluster
+            .gateway_metric("crawler_gateway_head_starts_total")
+            .await,
+        1
+    );
+    assert_eq!(cluster.masters[0].count_log("crawl resumed"), 1);
+
+    // Both jobs together asked the site what one depth-2 crawl from the
+    // start asks another: levels 0 and 1 were not fetched again.
+    let fresh = SampleSite::start().await.unwrap();
+    client.submit("fresh", &fresh.start_url(), 2).await;
+    client.result("fresh").await;
+    assert_eq!(site.requests(), fresh.requests());
+    cluster.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_error_and_the_connection_stays_usable() {
     let cluster = Cluster::start(1, 1, &[], &[]).await;

@@ -253,6 +253,38 @@ pub struct CachedCrawl {
     pub pages: Option<Vec<PageFacts>>,
 }
 
+/// The completed levels of a cached crawl that a deeper job of the same
+/// URL and options starts from, instead of fetching them again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadStart {
+    /// The job whose stored pages hold those levels.
+    pub from: JobId,
+    /// Levels `0..levels_done` are complete.
+    pub levels_done: u32,
+    /// The pages those levels hold.
+    pub pages: u64,
+}
+
+impl HeadStart {
+    /// The head start `cached` gives a job of `spec`, when it is shallower
+    /// and complete. Not when the page cap cut it short (the job would stop
+    /// there too, but at the cap, not at a level), and not for a job naming
+    /// a spider: a spider's own page cap is learned while crawling, and a
+    /// resumed crawl would size its first level without it.
+    pub fn of(cached: &CachedCrawl, spec: &JobSpec) -> Option<Self> {
+        let summary = &cached.summary;
+        let usable = summary.depth < spec.depth
+            && !summary.truncated
+            && spec.options.spider.is_none()
+            && !summary.level_sizes.is_empty();
+        usable.then(|| Self {
+            from: cached.job_id.clone(),
+            levels_done: summary.level_sizes.len() as u32,
+            pages: summary.page_count(),
+        })
+    }
+}
+
 impl CachedCrawl {
     /// The same crawl as if it had been run to `depth` only.
     pub fn trimmed_to(&self, depth: u32) -> Self {

@@ -13,8 +13,8 @@ use futures::Stream;
 use crate::auth::{ApiToken, Tenant, TenantUsage, TokenDigest};
 use crate::lease::Leadership;
 use crate::model::{
-    CachedCrawl, Checkpoint, JobFailure, JobId, JobRecord, JobSpec, LevelDone, PageFacts,
-    ResultSummary,
+    CachedCrawl, Checkpoint, HeadStart, JobFailure, JobId, JobRecord, JobSpec, LevelDone,
+    PageFacts, ResultSummary,
 };
 
 /// Any adapter failure: the engine is unreachable, refused the request, or
@@ -280,6 +280,17 @@ pub enum JobOutcome {
 pub trait JobStore: Send + Sync + 'static {
     /// Records a new job as queued; idempotent on `(client_id, client_job_id)`.
     async fn insert_job(&self, spec: &JobSpec) -> AdapterResult<InsertOutcome>;
+    /// Records a new job as queued, as [`JobStore::insert_job`] does, that
+    /// starts from the completed levels of an earlier crawl: their pages are
+    /// copied under the new job and its checkpoint marks them done, so the
+    /// master that takes it fetches only the levels past them. `None` when
+    /// the earlier crawl's pages are not all in the store any more (nothing
+    /// is recorded then; the job can be inserted to crawl from the start).
+    async fn insert_head_start(
+        &self,
+        spec: &JobSpec,
+        head: &HeadStart,
+    ) -> AdapterResult<Option<InsertOutcome>>;
     /// Records a job that was answered from the cache, already done and
     /// delivered: its result is `cached`, whose pages another job holds.
     async fn insert_done(

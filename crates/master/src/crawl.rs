@@ -271,6 +271,11 @@ impl Crawl<'_> {
             .store(state.page_count() as u32, Ordering::Relaxed);
 
         for depth in first..=spec.depth {
+            // A crawl resumed after its last level with links to follow
+            // (a head start from a crawl that ran out of links) is done.
+            if state.frontier.is_empty() {
+                break;
+            }
             self.progress.current_depth.store(depth, Ordering::Relaxed);
             let frontier = std::mem::take(&mut state.frontier);
             let follow = depth < spec.depth;

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub jobs_republished: AtomicU64,
     pub jobs_attached: AtomicU64,
     pub cache_hits: AtomicU64,
+    pub head_starts: AtomicU64,
     pub events_consumed: AtomicU64,
     pub results_delivered: AtomicU64,
     pub errors_sent: AtomicU64,
@@ -41,6 +42,7 @@ const JOBS_PUBLISHED: &str = "crawler_gateway_jobs_published_total";
 const JOBS_REPUBLISHED: &str = "crawler_gateway_jobs_republished_total";
 const JOBS_ATTACHED: &str = "crawler_gateway_jobs_attached_total";
 const CACHE_HITS: &str = "crawler_gateway_cache_hits_total";
+const HEAD_STARTS: &str = "crawler_gateway_head_starts_total";
 const EVENTS_CONSUMED: &str = "crawler_gateway_events_consumed_total";
 const RESULTS_DELIVERED: &str = "crawler_gateway_results_delivered_total";
 const ERRORS_SENT: &str = "crawler_gateway_errors_sent_total";
@@ -110,6 +112,11 @@ impl Metrics {
             "Jobs answered from the result cache."
         );
         describe_counter!(
+            HEAD_STARTS,
+            Unit::Count,
+            "Jobs that start from the levels of a shallower cached crawl."
+        );
+        describe_counter!(
             EVENTS_CONSUMED,
             Unit::Count,
             "Result and progress events consumed from this gateway's queue."
@@ -129,6 +136,7 @@ impl Metrics {
             (JOBS_REPUBLISHED, &self.jobs_republished),
             (JOBS_ATTACHED, &self.jobs_attached),
             (CACHE_HITS, &self.cache_hits),
+            (HEAD_STARTS, &self.head_starts),
             (EVENTS_CONSUMED, &self.events_consumed),
             (RESULTS_DELIVERED, &self.results_delivered),
             (ERRORS_SENT, &self.errors_sent),

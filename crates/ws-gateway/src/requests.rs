@@ -6,8 +6,10 @@ use std::time::Instant;
 
 use crawler_core::ErrorCode;
 use crawler_core::auth::Tenant;
-use crawler_core::model::{CachedCrawl, CrawlOptions, JobId, JobRecord, JobSpec, JobState};
-use crawler_core::ports::InsertOutcome;
+use crawler_core::model::{
+    CachedCrawl, CrawlOptions, HeadStart, JobId, JobRecord, JobSpec, JobState,
+};
+use crawler_core::ports::{AdapterResult, InsertOutcome};
 use crawler_core::protocol::{ServerMessage, Submit};
 use crawler_core::urls;
 use tracing::Instrument;
@@ -123,6 +125,7 @@ async fn accept(
     } else {
         Ok(None)
     };
+    let mut head_start = None;
     match cached {
         Ok(Some(cached)) if cached.summary.depth >= spec.depth => {
             let cached = cached.trimmed_to(spec.depth);
@@ -152,7 +155,9 @@ async fn accept(
                 )),
             };
         }
-        Ok(_) => {}
+        // A shallower crawl: its levels are a head start.
+        Ok(Some(cached)) => head_start = HeadStart::of(&cached, &spec),
+        Ok(None) => {}
         // A cache outage costs a crawl, not the job.
         Err(e) => tracing::warn!(error = %e, "cache unavailable; crawling instead"),
     }
@@ -181,7 +186,7 @@ async fn accept(
     }
     // Route before publishing, so even an instant result finds its connection.
     state.routes.insert(spec.job_id.clone(), client.handle());
-    match state.engines.store.insert_job(&spec).await {
+    match record_job(state, &spec, head_start.as_ref()).await {
         Ok(InsertOutcome::Created) => {}
         Ok(InsertOutcome::Exists(existing)) => {
             state.routes.take(&spec.job_id);
@@ -207,6 +212,27 @@ async fn accept(
     Metrics::inc(&state.metrics.jobs_accepted);
     tracing::info!(job_id = %spec.job_id, client_job_id = %request.job_id, url = %spec.url, depth = spec.depth, published, "job accepted");
     vec![Outgoing::message(accepted)]
+}
+
+/// Records a job to crawl: from a head start when it has one whose pages
+/// are all still stored, from the start otherwise.
+async fn record_job(
+    state: &AppState,
+    spec: &JobSpec,
+    head_start: Option<&HeadStart>,
+) -> AdapterResult<InsertOutcome> {
+    let store = &state.engines.store;
+    if let Some(head) = head_start {
+        if let Some(outcome) = store.insert_head_start(spec, head).await? {
+            if matches!(outcome, InsertOutcome::Created) {
+                Metrics::inc(&state.metrics.head_starts);
+                tracing::info!(job_id = %spec.job_id, from = %head.from, levels_done = head.levels_done, "job starts from a shallower cached crawl");
+            }
+            return Ok(outcome);
+        }
+        tracing::info!(job_id = %spec.job_id, from = %head.from, "the cached crawl's pages are gone; crawling from the start");
+    }
+    store.insert_job(spec).await
 }
 
 /// The version of the spider a job names, as file-sync has it now; `None`

@@ -6,8 +6,8 @@ use std::time::Duration;
 use crawler_core::ErrorCode;
 use crawler_core::auth::{Tenant, TenantUsage};
 use crawler_core::model::{
-    CachedCrawl, CrawlOptions, JobFailure, JobId, JobSpec, JobState, LevelDone, PageFacts,
-    ResultSummary,
+    CachedCrawl, CrawlOptions, HeadStart, JobFailure, JobId, JobSpec, JobState, LevelDone,
+    PageFacts, ResultSummary,
 };
 use crawler_core::ports::{
     AcquireOutcome, Grant, InsertOutcome, JobOutcome, JobStore, Lease, PageQuery, StoreError,
@@ -964,6 +964,82 @@ pub async fn a_tenants_usage_counts_its_own_jobs_only(store: &dyn JobStore) {
     );
 }
 
+/// A deeper job of a finished crawl starts with a copy of its levels, and
+/// its first grant carries the checkpoint past them. A head start whose
+/// pages are not all stored records nothing; a taken id is answered as
+/// [`JobStore::insert_job`] answers it.
+pub async fn a_head_start_copies_the_levels_and_its_grant_resumes_past_them(store: &dyn JobStore) {
+    let earlier = spec();
+    let token = grant(store, &earlier, "m1", ACCEPTED + 100)
+        .await
+        .fencing_token;
+    save_level(store, &earlier.job_id, token, 0, &["https://example.com/"]).await;
+    let summary = ResultSummary {
+        depth: 1,
+        truncated: false,
+        level_sizes: vec![1, 2],
+    };
+    let last_pages = pages(1, &["https://example.com/a", "https://example.com/b"]);
+    store
+        .complete(
+            &earlier.job_id,
+            token,
+            &JobOutcome::Done {
+                summary: summary.clone(),
+                last_pages,
+            },
+            ACCEPTED + 1_000,
+        )
+        .await
+        .unwrap();
+    let cached = CachedCrawl {
+        summary,
+        job_id: earlier.job_id.clone(),
+        pages: None,
+    };
+    let deeper = JobSpec { depth: 3, ..spec() };
+    let head = HeadStart::of(&cached, &deeper).expect("a shallower complete crawl");
+    assert_eq!((head.levels_done, head.pages), (2, 3));
+
+    let gone = HeadStart {
+        pages: 4,
+        ..head.clone()
+    };
+    assert_eq!(store.insert_head_start(&deeper, &gone).await.unwrap(), None);
+    assert!(
+        store.get(&deeper.job_id).await.unwrap().is_none(),
+        "nothing recorded"
+    );
+
+    assert_eq!(
+        store.insert_head_start(&deeper, &head).await.unwrap(),
+        Some(InsertOutcome::Created)
+    );
+    assert_eq!(
+        urls(&all_pages(store, &deeper.job_id).await),
+        [
+            "https://example.com/",
+            "https://example.com/a",
+            "https://example.com/b"
+        ]
+    );
+    let checkpoint = full_grant(store, &deeper, "m2", ACCEPTED + 2_000)
+        .await
+        .checkpoint
+        .expect("the head start's checkpoint");
+    assert_eq!((checkpoint.levels_done, checkpoint.truncated), (2, false));
+    assert_eq!(checkpoint.max_pages, deeper.options.max_pages);
+
+    let again = JobSpec {
+        job_id: JobId::new_random(),
+        ..deeper.clone()
+    };
+    assert!(matches!(
+        store.insert_head_start(&again, &head).await.unwrap(),
+        Some(InsertOutcome::Exists(existing)) if existing.spec.job_id == deeper.job_id
+    ));
+}
+
 #[macro_export]
 macro_rules! store_conformance {
     ($setup:expr) => {
@@ -974,6 +1050,7 @@ macro_rules! store_conformance {
                 inserting_a_client_job_twice_returns_the_first,
                 unknown_jobs_are_absent,
                 a_cache_answer_is_recorded_as_done_and_delivered,
+                a_head_start_copies_the_levels_and_its_grant_resumes_past_them,
                 acquire_persists_and_leases_a_new_job,
                 a_live_lease_is_held_elsewhere,
                 the_same_master_reacquiring_gets_a_higher_token,

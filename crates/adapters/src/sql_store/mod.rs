@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use crawler_core::auth::{Tenant, TenantUsage};
 use crawler_core::lease::{AcquireRule, Leadership, expiry};
 use crawler_core::model::{
-    CachedCrawl, Checkpoint, JobId, JobRecord, JobSpec, LevelDone, PageFacts,
+    CachedCrawl, Checkpoint, HeadStart, JobId, JobRecord, JobSpec, LevelDone, PageFacts,
 };
 use crawler_core::ports::{
     AcquireOutcome, AdapterError, AdapterResult, Election, Grant, InsertOutcome, JobOutcome,
@@ -79,6 +79,10 @@ mod sql {
         WHERE job_id = $1";
 
     pub const SET_CHECKPOINT: &str = "UPDATE jobs SET checkpoint = $2 WHERE job_id = $1";
+    /// A head start: the pages of levels below $3 of job $2, as job $1's.
+    pub const COPY_LEVELS: &str = "INSERT INTO job_pages (job_id, depth, url, page)
+        SELECT $1, depth, url, page FROM job_pages WHERE job_id = $2 AND depth < $3";
+    pub const COUNT_PAGES: &str = "SELECT COUNT(*) AS n FROM job_pages WHERE job_id = $1";
     /// The pages of a level no holder completed: a new holder fetches it again.
     pub const DROP_UNFINISHED_LEVELS: &str =
         "DELETE FROM job_pages WHERE job_id = $1 AND depth >= $2";
@@ -371,6 +375,58 @@ where
             return Ok(InsertOutcome::Created);
         }
         self.existing(spec).await
+    }
+
+    async fn insert_head_start(
+        &self,
+        spec: &JobSpec,
+        head: &HeadStart,
+    ) -> AdapterResult<Option<InsertOutcome>> {
+        let mut tx = self.begin_write().await?;
+        let inserted = sqlx::query(sql::INSERT_QUEUED)
+            .bind(spec.job_id.0.as_str())
+            .bind(spec.client_id.as_str())
+            .bind(spec.client_job_id.as_str())
+            .bind(doc(spec))
+            .bind(to_db(spec.accepted_at_ms))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot insert a job", e))?;
+        if inserted.is_none() {
+            drop(tx); // nothing written: the id is taken
+            return self.existing(spec).await.map(Some);
+        }
+        sqlx::query(sql::COPY_LEVELS)
+            .bind(spec.job_id.0.as_str())
+            .bind(head.from.0.as_str())
+            .bind(i64::from(head.levels_done))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot copy a head start's pages", e))?;
+        let row = sqlx::query(sql::COUNT_PAGES)
+            .bind(spec.job_id.0.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot count a head start's pages", e))?;
+        let copied: i64 = row
+            .try_get("n")
+            .map_err(|e| failure::<DB>("a page count is unreadable", e))?;
+        if from_db::<u64>(copied) != head.pages {
+            return Ok(None); // rolled back as `tx` drops
+        }
+        let checkpoint = CheckpointHead {
+            levels_done: head.levels_done,
+            truncated: false,
+            max_pages: spec.options.max_pages,
+        };
+        sqlx::query(sql::SET_CHECKPOINT)
+            .bind(spec.job_id.0.as_str())
+            .bind(doc(&checkpoint))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failure::<DB>("cannot save a head start's checkpoint", e))?;
+        Self::commit(tx, "a head start").await?;
+        Ok(Some(InsertOutcome::Created))
     }
 
     /// The record of a cache answer is committed without waiting for the
