@@ -203,6 +203,7 @@ async fn client(
                 include_subdomains: false,
                 spider: None,
                 respect_robots: true,
+                warc: false,
             }
         })
         .collect();

@@ -46,6 +46,10 @@ pub struct CrawlOptions {
     /// Pages robots.txt disallows are not fetched (the default).
     #[serde(default = "yes")]
     pub respect_robots: bool,
+    /// The workers keep every fetched response as a WARC record (in their
+    /// `--warc-dir`); such a job is never answered from the cache.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warc: bool,
 }
 
 fn yes() -> bool {
@@ -55,9 +59,10 @@ fn yes() -> bool {
 impl CrawlOptions {
     /// Whether the job may be answered from the cache and its crawl cached:
     /// not when it names a spider whose version is unknown, since a crawl
-    /// of another version could then answer it.
+    /// of another version could then answer it, and not when it asks for
+    /// WARC records, which only fetching makes.
     pub fn cacheable(&self) -> bool {
-        self.spider.is_none() || self.spider_version.is_some()
+        !self.warc && (self.spider.is_none() || self.spider_version.is_some())
     }
 
     /// Whether two jobs ask for the same crawl, whichever version of their
@@ -80,6 +85,7 @@ impl Default for CrawlOptions {
             spider: None,
             spider_version: None,
             respect_robots: true,
+            warc: false,
         }
     }
 }

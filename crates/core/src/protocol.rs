@@ -32,6 +32,8 @@ pub struct Submit {
     pub spider: Option<String>,
     /// robots.txt is asked before each page (true unless the client says).
     pub respect_robots: bool,
+    /// The fetched responses are kept as WARC records by the workers.
+    pub warc: bool,
 }
 
 /// A submit as a client writes it: what [`parse_client_message`] reads back
@@ -54,6 +56,8 @@ pub struct SubmitRequest {
     /// Left out when true, the gateway's default.
     #[serde(skip_serializing_if = "is_true")]
     pub respect_robots: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warc: bool,
 }
 
 /// A `status` request as a client writes it.
@@ -278,6 +282,11 @@ fn parse_submit(
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(wrong_type("respectRobots", "a boolean")),
     };
+    let warc = match obj.get("warc") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(wrong_type("warc", "a boolean")),
+    };
     Ok(ClientMessage::Submit(Submit {
         job_id,
         url,
@@ -287,6 +296,7 @@ fn parse_submit(
         max_pages,
         spider,
         respect_robots,
+        warc,
     }))
 }
 
@@ -601,6 +611,7 @@ mod tests {
             include_subdomains: true,
             spider: Some("news".into()),
             respect_robots: false,
+            warc: true,
         };
         let ClientMessage::Submit(parsed) = parse(&request.to_json()).unwrap() else {
             panic!("not a submit");
@@ -616,6 +627,7 @@ mod tests {
                 max_pages: 7,
                 spider: Some("news".into()),
                 respect_robots: false,
+                warc: true,
             }
         );
         let bare = SubmitRequest {
@@ -624,6 +636,7 @@ mod tests {
             include_subdomains: false,
             spider: None,
             respect_robots: true,
+            warc: false,
             ..request
         };
         assert_eq!(

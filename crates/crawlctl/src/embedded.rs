@@ -19,6 +19,8 @@ pub struct EmbeddedOptions {
     pub allow_network: Vec<IpNet>,
     pub workers: usize,
     pub max_depth: u32,
+    /// Where the workers keep the WARC records of jobs that ask for them.
+    pub warc_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for EmbeddedOptions {
@@ -27,6 +29,7 @@ impl Default for EmbeddedOptions {
             allow_network: Vec::new(),
             workers: 2,
             max_depth: 5,
+            warc_dir: None,
         }
     }
 }
@@ -70,10 +73,13 @@ impl EmbeddedCluster {
 
         // The workers share one host gate, so per-host limits hold across them.
         let host_gate = Arc::new(crawler_adapters::MemoryHostGate::new());
-        for _ in 0..options.workers.max(1) {
+        for n in 1..=options.workers.max(1) {
             let mut worker_config =
                 WorkerConfig::for_masters(vec![master_url.clone()], options.allow_network.clone());
+            // The default id is drawn once per process: name each worker.
+            worker_config.worker_id = format!("embedded-worker-{n}");
             worker_config.tls = TlsArgs::plaintext();
+            worker_config.warc_dir = options.warc_dir.clone();
             let worker = Worker::build(worker_config)?.with_host_gate(host_gate.clone());
             let token = shutdown.clone();
             tasks.spawn(async move {

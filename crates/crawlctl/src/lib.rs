@@ -7,3 +7,4 @@ pub mod embedded;
 pub mod probe;
 pub mod sample_site;
 pub mod tokens;
+pub mod warc;

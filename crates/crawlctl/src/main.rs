@@ -61,6 +61,11 @@ enum Command {
         /// `Authorization: Bearer`; not needed by the embedded cluster.
         #[arg(long, env = "CRAWLCTL__TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Write every fetched response to FILE as WARC 1.1 records (with the
+        /// embedded cluster; against a cluster, a job with `"warc": true`
+        /// leaves its records in the workers' `--warc-dir`).
+        #[arg(long, value_name = "FILE", conflicts_with = "gateway")]
+        warc: Option<std::path::PathBuf>,
     },
     /// Make, list and revoke the gateway's API tokens, in the job store.
     Token {
@@ -174,6 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             spider,
             ignore_robots,
             token,
+            warc,
         } => {
             let request = SubmitRequest {
                 job_id: job_id.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4().simple())),
@@ -184,6 +190,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 include_subdomains,
                 spider,
                 respect_robots: !ignore_robots,
+                warc: warc.is_some(),
             };
             match gateway {
                 Some(ws_url) => {
@@ -191,15 +198,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     crawl_and_print(&gateway, &request, json).await
                 }
                 None => {
+                    let records = match &warc {
+                        Some(_) => Some(tempfile::tempdir().context("a folder for WARC records")?),
+                        None => None,
+                    };
                     let cluster = EmbeddedCluster::start(EmbeddedOptions {
                         allow_network,
+                        warc_dir: records.as_ref().map(|dir| dir.path().to_path_buf()),
                         ..Default::default()
                     })
                     .await
                     .context("starting the embedded cluster")?;
                     let outcome = crawl_and_print(&cluster.gateway(), &request, json).await;
                     cluster.stop().await;
-                    outcome
+                    outcome?;
+                    match (warc, records) {
+                        (Some(file), Some(dir)) => crawlctl::warc::gather(dir.path(), &file),
+                        _ => Ok(()),
+                    }
                 }
             }
         }
@@ -248,6 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 include_subdomains: false,
                 spider: None,
                 respect_robots: true,
+                warc: false,
             };
             let outcome = crawl_and_print(&cluster.gateway(), &request, json).await;
             cluster.stop().await;

@@ -19,6 +19,7 @@ impl From<&CrawlOptions> for v1::CrawlOptions {
             spider: o.spider.clone().unwrap_or_default(),
             ignore_robots: !o.respect_robots,
             spider_version: o.spider_version.clone().unwrap_or_default(),
+            warc: o.warc,
         }
     }
 }
@@ -32,6 +33,7 @@ impl From<v1::CrawlOptions> for CrawlOptions {
             spider: Some(o.spider).filter(|s| !s.is_empty()),
             respect_robots: !o.ignore_robots,
             spider_version: Some(o.spider_version).filter(|s| !s.is_empty()),
+            warc: o.warc,
         }
     }
 }

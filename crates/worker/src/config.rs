@@ -87,6 +87,11 @@ pub struct WorkerConfig {
     /// Folder spiders are synced into; defaults to a folder per worker id under the system temp dir.
     #[arg(long, env = "WORKER__SPIDER_DIR")]
     pub spider_dir: Option<std::path::PathBuf>,
+    /// Folder where the responses of jobs that ask for WARC (`"warc": true`)
+    /// are kept, in `JOB.WORKER.warc` files. Without it, such a job fails
+    /// with a clear reason rather than run without its records.
+    #[arg(long, env = "WORKER__WARC_DIR")]
+    pub warc_dir: Option<std::path::PathBuf>,
     /// Respect robots.txt on every job, even one that asks to ignore it.
     #[arg(long, env = "WORKER__FORCE_ROBOTS")]
     pub force_robots: bool,

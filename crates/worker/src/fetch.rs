@@ -14,6 +14,7 @@ use url::Url;
 
 use crate::extract::LinkExtractor;
 use crate::spider::SpiderRules;
+use crate::warc::RawResponse;
 
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
@@ -56,6 +57,9 @@ pub enum RobotsAnswer {
 pub struct Fetched {
     pub facts: PageFacts,
     pub retry_after: Option<Duration>,
+    /// The response as read, when it was asked to be kept and was read whole
+    /// (up to the body cap).
+    pub raw: Option<RawResponse>,
 }
 
 pub struct Fetcher {
@@ -106,11 +110,18 @@ impl Fetcher {
     /// Fetches `url` and reports what happened; failures are facts, not errors.
     /// A spider sets the user agent, the fields to extract and which links count.
     pub async fn fetch(&self, url: &Url, depth: u32, spider: Option<&SpiderRules>) -> PageFacts {
-        self.fetch_page(url, depth, spider).await.facts
+        self.fetch_page(url, depth, spider, false).await.facts
     }
 
-    /// [`Fetcher::fetch`], with the host's `Retry-After` when it sent one.
-    pub async fn fetch_page(&self, url: &Url, depth: u32, spider: Option<&SpiderRules>) -> Fetched {
+    /// [`Fetcher::fetch`], with the host's `Retry-After` when it sent one,
+    /// and the response itself when `keep` asks for it (for WARC records).
+    pub async fn fetch_page(
+        &self,
+        url: &Url,
+        depth: u32,
+        spider: Option<&SpiderRules>,
+        keep: bool,
+    ) -> Fetched {
         let started = Instant::now();
         let mut facts = PageFacts {
             url: url.to_string(),
@@ -122,22 +133,31 @@ impl Fetcher {
             return Fetched {
                 facts,
                 retry_after: None,
+                raw: None,
             };
         }
         let mut retry_after = None;
-        if let Err(e) = self
-            .fetch_into(url, &mut facts, &mut retry_after, spider)
+        let raw = match self
+            .fetch_into(url, &mut facts, &mut retry_after, spider, keep)
             .await
         {
-            facts.error = Some(describe(&e));
-        }
+            Ok(raw) => raw,
+            Err(e) => {
+                facts.error = Some(describe(&e));
+                None
+            }
+        };
         if let Some(rules) = spider {
             facts.links.retain(|link| rules.follows(link));
         }
         let took = started.elapsed();
         facts.fetch_ms = took.as_millis() as u64;
         crate::metrics::page_fetched(facts.status, took);
-        Fetched { facts, retry_after }
+        Fetched {
+            facts,
+            retry_after,
+            raw,
+        }
     }
 
     /// Asks for robots.txt at `url` as `agent`, through the same network
@@ -181,7 +201,8 @@ impl Fetcher {
         facts: &mut PageFacts,
         retry_after: &mut Option<Duration>,
         spider: Option<&SpiderRules>,
-    ) -> Result<(), reqwest::Error> {
+        keep: bool,
+    ) -> Result<Option<RawResponse>, reqwest::Error> {
         let mut request = self.client.get(url.clone());
         if let Some(agent) = spider.and_then(|s| s.user_agent.as_deref()) {
             request = request.header(reqwest::header::USER_AGENT, agent);
@@ -210,10 +231,14 @@ impl Fetcher {
         let fields = spider.map_or(&no_fields, |rules| &rules.fields);
         let mut extractor =
             is_html.then(|| LinkExtractor::for_page(fields, facts.content_type.as_deref()));
+        let mut raw = keep.then(|| kept_head(&final_url, &response));
         while let Some(chunk) = response.chunk().await? {
             let room = self.max_body_bytes.saturating_sub(facts.bytes) as usize;
             let take = chunk.len().min(room);
             facts.bytes += take as u64;
+            if let Some(raw) = raw.as_mut() {
+                raw.body.extend_from_slice(&chunk[..take]);
+            }
             if let Some(ex) = extractor.as_mut()
                 && ex.feed(&chunk[..take]).is_err()
             {
@@ -230,7 +255,29 @@ impl Fetcher {
             facts.links = found.links;
             facts.fields = found.fields;
         }
-        Ok(())
+        Ok(raw)
+    }
+}
+
+/// A response's status line and headers, to which its body is added as read.
+fn kept_head(url: &Url, response: &reqwest::Response) -> RawResponse {
+    let status = response.status();
+    RawResponse {
+        url: url.to_string(),
+        // The block is written in HTTP/1.x form whatever the wire spoke.
+        version: if response.version() <= reqwest::Version::HTTP_10 {
+            "HTTP/1.0"
+        } else {
+            "HTTP/1.1"
+        },
+        status: status.as_u16(),
+        reason: status.canonical_reason().unwrap_or_default().to_string(),
+        headers: response
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
+            .collect(),
+        body: Vec::new(),
     }
 }
 

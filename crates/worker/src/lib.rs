@@ -10,6 +10,7 @@ pub mod polite;
 pub mod robots;
 mod session;
 pub mod spider;
+pub mod warc;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ pub struct Worker {
     fetcher: Arc<Fetcher>,
     spiders: Arc<spider::SpiderCache>,
     politeness: Arc<polite::Politeness>,
+    warc: Option<Arc<warc::WarcArchive>>,
 }
 
 impl Worker {
@@ -49,7 +51,15 @@ impl Worker {
             )?)),
             None => None,
         };
+        let warc = match &config.warc_dir {
+            Some(dir) => Some(Arc::new(
+                warc::WarcArchive::new(dir, &config.worker_id)
+                    .map_err(|e| anyhow::anyhow!("cannot use --warc-dir {}: {e}", dir.display()))?,
+            )),
+            None => None,
+        };
         Ok(Self {
+            warc,
             politeness: Arc::new(polite::Politeness::new(
                 config.politeness(),
                 gate,
@@ -105,6 +115,7 @@ impl Worker {
             fetcher: self.fetcher,
             spiders: self.spiders,
             politeness: self.politeness,
+            warc: self.warc,
         };
         let config = self.config.clone();
         let security = self.security.clone();

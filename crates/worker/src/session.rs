@@ -23,6 +23,7 @@ use crawler_core::tls::GrpcSecurity;
 use crate::fetch::Fetcher;
 use crate::polite::{Admission, Politeness};
 use crate::spider::SpiderCache;
+use crate::warc::{RawResponse, WarcArchive};
 
 /// How long a stopping worker waits for batches in flight before leaving.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -88,6 +89,8 @@ pub struct Crawling {
     pub fetcher: Arc<Fetcher>,
     pub spiders: Arc<SpiderCache>,
     pub politeness: Arc<Politeness>,
+    /// Where WARC records go, when this worker keeps them.
+    pub warc: Option<Arc<WarcArchive>>,
 }
 
 async fn run_once(
@@ -253,9 +256,30 @@ async fn fetch_batch(batch: v1::Batch, crawling: &Crawling, concurrency: usize) 
         fetcher,
         spiders,
         politeness,
+        warc,
     } = crawling;
     let depth = batch.depth;
     let respect_robots = !batch.options.as_ref().is_some_and(|o| o.ignore_robots);
+    let refuse = |reason: String| {
+        tracing::warn!(job_id = %batch.job_id, error = %reason, "batch refused");
+        BatchResult {
+            batch_id: batch.batch_id,
+            pages: Vec::new(),
+            failure: Some(reason),
+            page_cap: None,
+        }
+    };
+    // A job that asked for WARC records must not run without them.
+    let archive = match (batch.options.as_ref().is_some_and(|o| o.warc), warc) {
+        (false, _) => None,
+        (true, Some(archive)) => Some(archive),
+        (true, None) => {
+            return refuse(
+                "the job asks for WARC records, and this worker keeps none (start it with --warc-dir)"
+                    .into(),
+            );
+        }
+    };
     let spider_name = batch
         .options
         .as_ref()
@@ -266,16 +290,8 @@ async fn fetch_batch(batch: v1::Batch, crawling: &Crawling, concurrency: usize) 
     } else {
         match spiders.rules_for(&batch.job_id, spider_name).await {
             Ok(rules) => Some(rules),
-            Err(e) => {
-                // Without its spider the job must not run at all: fetch nothing.
-                tracing::warn!(job_id = %batch.job_id, error = %e, "batch refused");
-                return BatchResult {
-                    batch_id: batch.batch_id,
-                    pages: Vec::new(),
-                    failure: Some(e.to_string()),
-                    page_cap: None,
-                };
-            }
+            // Without its spider the job must not run at all: fetch nothing.
+            Err(e) => return refuse(e.to_string()),
         }
     };
     let rules = rules.as_deref();
@@ -286,27 +302,55 @@ async fn fetch_batch(batch: v1::Batch, crawling: &Crawling, concurrency: usize) 
     } else {
         1
     };
-    let pages = futures::stream::iter(batch.urls.into_iter().enumerate())
-        .map(|(i, raw)| async move {
-            if i > 0 && !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            match Url::parse(&raw) {
-                Ok(url) => {
-                    polite_fetch(fetcher, politeness, &url, depth, rules, respect_robots).await
+    let keep = archive.is_some();
+    let fetched: Vec<(v1::PageFacts, Option<RawResponse>)> =
+        futures::stream::iter(batch.urls.into_iter().enumerate())
+            .map(|(i, raw)| async move {
+                if i > 0 && !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
                 }
-                Err(e) => crawler_core::model::PageFacts {
-                    url: raw,
-                    depth,
-                    error: Some(format!("invalid URL: {e}")),
-                    ..Default::default()
-                },
-            }
-        })
-        .buffered(concurrency)
-        .map(|facts| v1::PageFacts::from(&facts))
-        .collect()
-        .await;
+                match Url::parse(&raw) {
+                    Ok(url) => {
+                        let (facts, kept) = polite_fetch(
+                            fetcher,
+                            politeness,
+                            &url,
+                            depth,
+                            rules,
+                            respect_robots,
+                            keep,
+                        )
+                        .await;
+                        (v1::PageFacts::from(&facts), kept)
+                    }
+                    Err(e) => {
+                        let facts = crawler_core::model::PageFacts {
+                            url: raw,
+                            depth,
+                            error: Some(format!("invalid URL: {e}")),
+                            ..Default::default()
+                        };
+                        (v1::PageFacts::from(&facts), None)
+                    }
+                }
+            })
+            .buffered(concurrency)
+            .collect()
+            .await;
+    let (pages, kept): (Vec<_>, Vec<_>) = fetched.into_iter().unzip();
+    if let Some(archive) = archive {
+        // Written before the result is sent: the records are on disk once
+        // the job is complete.
+        let responses: Vec<RawResponse> = kept.into_iter().flatten().collect();
+        let (archive, job_id) = (archive.clone(), batch.job_id.clone());
+        let written =
+            tokio::task::spawn_blocking(move || archive.append(&job_id, &responses)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return refuse(format!("cannot write the WARC records: {e}")),
+            Err(e) => return refuse(format!("cannot write the WARC records: {e}")),
+        }
+    }
     BatchResult {
         batch_id: batch.batch_id,
         pages,
@@ -324,7 +368,8 @@ async fn polite_fetch(
     depth: u32,
     rules: Option<&crate::spider::SpiderRules>,
     respect_robots: bool,
-) -> crawler_core::model::PageFacts {
+    keep: bool,
+) -> (crawler_core::model::PageFacts, Option<RawResponse>) {
     let agent = rules
         .and_then(|r| r.user_agent.as_deref())
         .unwrap_or(fetcher.user_agent());
@@ -335,25 +380,26 @@ async fn polite_fetch(
             Admission::Enter(slot) => slot,
             Admission::Refused(reason) => {
                 crate::metrics::page_refused();
-                return crawler_core::model::PageFacts {
+                let refused = crawler_core::model::PageFacts {
                     url: url.to_string(),
                     depth,
                     refused: Some(reason),
                     ..Default::default()
                 };
+                return (refused, None);
             }
         };
-        let fetched = fetcher.fetch_page(url, depth, rules).await;
+        let fetched = fetcher.fetch_page(url, depth, rules, keep).await;
         slot.leave().await;
         let Some(asked) = fetched.retry_after else {
-            return fetched.facts;
+            return (fetched.facts, fetched.raw);
         };
         crate::metrics::host_paused();
         let paused = politeness.pause(url, asked).await;
         tracing::info!(%url, ?paused, "the host asked for a pause");
         if tries > 1 || paused < asked {
             // Asked twice, or for longer than we wait: the answer stands.
-            return fetched.facts;
+            return (fetched.facts, fetched.raw);
         }
     }
 }

@@ -106,6 +106,7 @@ async fn accept(
             spider_version: spider_version(state, request.spider.as_deref()).await,
             spider: request.spider,
             respect_robots: request.respect_robots,
+            warc: request.warc,
         },
         gateway_key: state.gateway_key.clone(),
         accepted_at_ms: crawler_core::now_ms(),
