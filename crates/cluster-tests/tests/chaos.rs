@@ -171,16 +171,18 @@ async fn chaos_a_worker_black_holed_and_healed() {
         logged_more(master, "crawl started", started, 4).await;
         proxy.set(Fault::BlackHole);
         logged_more(master, "worker disconnected worker_id=worker-7", gone, 1).await;
-        let connected = master.count_log("worker connected worker_id=worker-7");
+        // Healed once the worker has its master's answer: a stream the
+        // master accepted may still lose that answer to the next cut, and
+        // the worker then registers again on a new one.
+        let registered = cut_off.count_log("registered with master");
         proxy.set(Fault::Pass);
-        logged_more(master, "worker connected worker_id=worker-7", connected, 1).await;
+        logged_more(&cut_off, "registered with master", registered, 1).await;
     }
     verdict(
         "a worker black-holed and healed, 10 times",
         &reference,
         &finish(run).await,
     );
-    assert!(cut_off.count_log("registered with master") >= 11);
     cluster.cleanup().await;
 }
 
