@@ -197,6 +197,9 @@ impl Resume {
             .filter(|link| followable(link, scope))
             .collect();
         let room = self.state.max_pages.saturating_sub(self.state.page_count());
+        // As `Crawl::run` marks it. A takeover's checkpoint says so already;
+        // a head start's cannot, as its crawl never looked past its levels.
+        self.state.truncated |= next.len() > room;
         let frontier: Vec<String> = next.into_iter().take(room).collect();
         for url in &frontier {
             self.state.seen.insert(url);
@@ -628,22 +631,27 @@ mod tests {
         assert!(state.seen.contains("http://a.test/moved"));
     }
 
+    /// A takeover's checkpoint says the cap cut the next level; a head
+    /// start's does not (its crawl stopped before that level): both end
+    /// up cut, and marked so.
     #[test]
     fn the_page_cap_cuts_a_resumed_frontier_as_it_cut_the_first() {
-        let checkpoint = Checkpoint {
-            levels_done: 1,
-            truncated: true,
-            max_pages: 3,
-        };
-        let mut resume = Resume::new(&checkpoint);
-        resume.absorb(vec![page(
-            "http://a.test/",
-            0,
-            &["http://a.test/3", "http://a.test/1", "http://a.test/2"],
-        )]);
-        let state = resume.finish(&scope());
-        assert_eq!(state.frontier, ["http://a.test/1", "http://a.test/2"]);
-        assert!(state.truncated);
+        for truncated in [true, false] {
+            let checkpoint = Checkpoint {
+                levels_done: 1,
+                truncated,
+                max_pages: 3,
+            };
+            let mut resume = Resume::new(&checkpoint);
+            resume.absorb(vec![page(
+                "http://a.test/",
+                0,
+                &["http://a.test/3", "http://a.test/1", "http://a.test/2"],
+            )]);
+            let state = resume.finish(&scope());
+            assert_eq!(state.frontier, ["http://a.test/1", "http://a.test/2"]);
+            assert!(state.truncated, "checkpoint truncated: {truncated}");
+        }
     }
 
     #[test]
