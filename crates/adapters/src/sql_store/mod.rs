@@ -197,6 +197,20 @@ where
         StoredJob::from_row(engine::<DB>(), row)
     }
 
+    /// A statement whose first five parameters are a new job's columns: its
+    /// id, client, client job id, spec and acceptance time.
+    fn with_job<'q>(
+        statement: &'static str,
+        spec: &'q JobSpec,
+    ) -> sqlx::query::Query<'q, DB, DB::Arguments> {
+        sqlx::query(statement)
+            .bind(spec.job_id.0.as_str())
+            .bind(spec.client_id.as_str())
+            .bind(spec.client_job_id.as_str())
+            .bind(doc(spec))
+            .bind(to_db(spec.accepted_at_ms))
+    }
+
     async fn find_locked(
         tx: &mut Transaction<'static, DB>,
         job_id: &JobId,
@@ -362,12 +376,7 @@ where
     for<'r> &'r str: ColumnIndex<DB::Row>,
 {
     async fn insert_job(&self, spec: &JobSpec) -> AdapterResult<InsertOutcome> {
-        let inserted = sqlx::query(sql::INSERT_QUEUED)
-            .bind(spec.job_id.0.as_str())
-            .bind(spec.client_id.as_str())
-            .bind(spec.client_job_id.as_str())
-            .bind(doc(spec))
-            .bind(to_db(spec.accepted_at_ms))
+        let inserted = Self::with_job(sql::INSERT_QUEUED, spec)
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| failure::<DB>("cannot insert a job", e))?;
@@ -383,12 +392,7 @@ where
         head: &HeadStart,
     ) -> AdapterResult<Option<InsertOutcome>> {
         let mut tx = self.begin_write().await?;
-        let inserted = sqlx::query(sql::INSERT_QUEUED)
-            .bind(spec.job_id.0.as_str())
-            .bind(spec.client_id.as_str())
-            .bind(spec.client_job_id.as_str())
-            .bind(doc(spec))
-            .bind(to_db(spec.accepted_at_ms))
+        let inserted = Self::with_job(sql::INSERT_QUEUED, spec)
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| failure::<DB>("cannot insert a job", e))?;
@@ -440,12 +444,7 @@ where
         cached: &CachedCrawl,
     ) -> AdapterResult<InsertOutcome> {
         let summary = &cached.summary;
-        let inserted = sqlx::query(DB::INSERT_DONE)
-            .bind(spec.job_id.0.as_str())
-            .bind(spec.client_id.as_str())
-            .bind(spec.client_job_id.as_str())
-            .bind(doc(spec))
-            .bind(to_db(spec.accepted_at_ms))
+        let inserted = Self::with_job(DB::INSERT_DONE, spec)
             .bind(doc(summary))
             .bind(to_db(summary.page_count()))
             .bind(i64::from(summary.depth))
@@ -467,12 +466,7 @@ where
         now_ms: u64,
     ) -> AdapterResult<AcquireOutcome> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(sql::INSERT_FROM_QUEUE)
-            .bind(spec.job_id.0.as_str())
-            .bind(spec.client_id.as_str())
-            .bind(spec.client_job_id.as_str())
-            .bind(doc(spec))
-            .bind(to_db(spec.accepted_at_ms))
+        Self::with_job(sql::INSERT_FROM_QUEUE, spec)
             .execute(&mut *tx)
             .await
             .map_err(|e| failure::<DB>("cannot insert a job", e))?;
