@@ -45,8 +45,6 @@ pub fn dump_if_asked<T: Serialize>(config: &T, service: &ServiceArgs) -> bool {
     service.dump_config
 }
 
-/// `url` with any password replaced by `***`. Unparseable input is returned
-/// as a placeholder rather than verbatim, since it may still hold a secret.
 /// The secret in `path`, a file mounted from a secret store (a Kubernetes
 /// Secret, a compose secret), without its trailing newline. The error names
 /// the file, never what it holds.
@@ -58,6 +56,8 @@ pub fn read_secret_file(path: &std::path::Path, what: &str) -> anyhow::Result<St
     Ok(secret)
 }
 
+/// `url` with any password replaced by `***`. Unparseable input is returned
+/// as a placeholder rather than verbatim, since it may still hold a secret.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {

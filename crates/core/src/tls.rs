@@ -2,10 +2,10 @@
 //!
 //! Each service holds a certificate signed by the cluster's CA, whose
 //! subject's organizational unit names its role (`master`, `worker`,
-//! `lock-server`, `file-sync`, `operator`; `crawlctl certs` makes them). A
-//! server accepts only clients whose certificate chains to the CA (the TLS
-//! handshake refuses the others: no certificate, another CA's), and each
-//! service then admits only the roles that may call it. A client checks the
+//! `lock-server`, `file-sync`, `operator`, `gateway`; `crawlctl certs`
+//! makes them). A server accepts only clients whose certificate chains to
+//! the CA (the TLS handshake refuses the others: no certificate, another
+//! CA's), and each service then admits only the roles that may call it. A client checks the
 //! server's certificate against the CA and the name it dialled.
 //!
 //! Plaintext exists only when asked for (`--grpc-plaintext`): the embedded

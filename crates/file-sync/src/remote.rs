@@ -1,6 +1,7 @@
 //! Where a file-sync server is and how it is reached: over mutual TLS with
-//! this side's certificate (a worker's to download, an operator's to
-//! upload), or in plaintext when that was chosen.
+//! this side's certificate (a worker's to download, a gateway's to learn
+//! spiders' versions, an operator's to upload), or in plaintext when that
+//! was chosen.
 
 use crawler_core::tls::GrpcSecurity;
 use tonic::transport::Endpoint;

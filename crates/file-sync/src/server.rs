@@ -111,8 +111,8 @@ pub struct FileSyncServer {
 
 /// What the rpc handlers share.
 pub struct State {
-    /// Who may read spiders (scan, download, list, stats): workers and
-    /// operators; who may publish them: operators.
+    /// Who may read spiders (scan, download, list, stats): workers,
+    /// gateways and operators; who may publish them: operators.
     readers: AdmitRoles,
     publishers: AdmitRoles,
     spiders: Spiders,

@@ -274,7 +274,7 @@ impl Crawl<'_> {
             .store(state.page_count() as u32, Ordering::Relaxed);
 
         for depth in first..=spec.depth {
-            // A crawl resumed after its last level with links to follow
+            // A resumed crawl whose completed levels leave nothing to follow
             // (a head start from a crawl that ran out of links) is done.
             if state.frontier.is_empty() {
                 break;
