@@ -246,11 +246,7 @@ fn parse_submit(
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(wrong_type("allowedHosts", "an array of host names")),
     };
-    let include_subdomains = match obj.get("includeSubdomains") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(wrong_type("includeSubdomains", "a boolean")),
-    };
+    let include_subdomains = optional_bool(obj, "includeSubdomains", false)?;
     let max_pages = match obj.get("maxPages") {
         None | Some(Value::Null) => limits.default_pages.min(limits.max_pages),
         Some(Value::Number(n)) => match n.as_u64() {
@@ -277,16 +273,8 @@ fn parse_submit(
             ));
         }
     };
-    let respect_robots = match obj.get("respectRobots") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(wrong_type("respectRobots", "a boolean")),
-    };
-    let warc = match obj.get("warc") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(wrong_type("warc", "a boolean")),
-    };
+    let respect_robots = optional_bool(obj, "respectRobots", true)?;
+    let warc = optional_bool(obj, "warc", false)?;
     Ok(ClientMessage::Submit(Submit {
         job_id,
         url,
@@ -357,6 +345,19 @@ fn missing(field: &str) -> ProtocolError {
         ErrorCode::MissingField,
         format!("field `{field}` is required"),
     )
+}
+
+/// A boolean field that may be left out (or null) for `default`.
+fn optional_bool(
+    obj: &Map<String, Value>,
+    field: &str,
+    default: bool,
+) -> Result<bool, ProtocolError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(wrong_type(field, "a boolean")),
+    }
 }
 
 fn wrong_type(field: &str, expected: &str) -> ProtocolError {
