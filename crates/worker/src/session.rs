@@ -343,12 +343,12 @@ async fn fetch_batch(batch: v1::Batch, crawling: &Crawling, concurrency: usize) 
         // the job is complete.
         let responses: Vec<RawResponse> = kept.into_iter().flatten().collect();
         let (archive, job_id) = (archive.clone(), batch.job_id.clone());
-        let written =
-            tokio::task::spawn_blocking(move || archive.append(&job_id, &responses)).await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return refuse(format!("cannot write the WARC records: {e}")),
-            Err(e) => return refuse(format!("cannot write the WARC records: {e}")),
+        let written = tokio::task::spawn_blocking(move || archive.append(&job_id, &responses))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|appended| appended.map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            return refuse(format!("cannot write the WARC records: {e}"));
         }
     }
     BatchResult {

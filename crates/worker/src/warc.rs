@@ -45,8 +45,8 @@ const TRANSFER_HEADERS: [&str; 3] = ["content-encoding", "transfer-encoding", "c
 pub struct WarcArchive {
     dir: PathBuf,
     worker_id: String,
-    /// Files this worker started (and wrote a `warcinfo` to); appends to
-    /// one file are made one at a time.
+    /// Files this worker started (and wrote a `warcinfo` to); held while
+    /// appending, so appends to one file are made one at a time.
     started: Mutex<HashSet<PathBuf>>,
 }
 
@@ -71,17 +71,19 @@ impl WarcArchive {
             return Ok(());
         }
         let path = self.file_of(job_id);
+        // The records are made before the lock is taken: only the write,
+        // and a file's first `warcinfo`, wait for other batches.
+        let mut records = Vec::new();
+        let mut writer = WarcWriter::new(&mut records);
+        for response in responses {
+            writer.write(&response_record(response)?)?;
+        }
         let mut started = self.started.lock().expect("warc files");
         let mut bytes = Vec::new();
-        {
-            let mut writer = WarcWriter::new(&mut bytes);
-            if !started.contains(&path) {
-                writer.write(&warcinfo(&self.worker_id, job_id)?)?;
-            }
-            for response in responses {
-                writer.write(&response_record(response)?)?;
-            }
+        if !started.contains(&path) {
+            WarcWriter::new(&mut bytes).write(&warcinfo(&self.worker_id, job_id)?)?;
         }
+        bytes.extend_from_slice(&records);
         let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
         file.write_all(&bytes)?;
         started.insert(path);
