@@ -616,7 +616,7 @@ impl Cluster {
         let database_url = self.database_url();
         let mut all = vec!["token", "--database-url", &database_url];
         all.extend(args);
-        operator_command(&all, Duration::from_secs(60)).await
+        run_crawlctl(&all, Duration::from_secs(60)).await
     }
 
     /// A new API token of `tenant` (for a gateway run with `--auth token`).
@@ -747,7 +747,7 @@ impl ClusterCerts {
     pub async fn make() -> Self {
         let dir = tempfile::tempdir().expect("a folder for the certificates");
         let out = dir.path().display().to_string();
-        operator_command(&["certs", "--out", &out], Duration::from_secs(30)).await;
+        run_crawlctl(&["certs", "--out", &out], Duration::from_secs(30)).await;
         Self { dir }
     }
 
@@ -779,9 +779,9 @@ impl ClusterCerts {
     }
 }
 
-/// Runs `crawlctl ARGS` as an operator would, within `deadline`, and
-/// returns its stdout once it succeeded.
-async fn operator_command(args: &[&str], deadline: Duration) -> String {
+/// Runs `crawlctl ARGS` within `deadline` and returns its stdout, once it
+/// succeeded.
+pub async fn run_crawlctl(args: &[&str], deadline: Duration) -> String {
     let run = tokio::process::Command::new(binary("crawlctl"))
         .args(args)
         .kill_on_drop(true)

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use cluster_tests::processes::{ClusterCerts, ClusterSpec, Service, http_get, metric_value};
+use cluster_tests::processes::{
+    Cluster, ClusterCerts, ClusterSpec, Service, http_get, metric_value,
+};
 use cluster_tests::ws::WsClient;
 use cluster_tests::{levels_of, page};
 use crawlctl::sample_site::SampleSite;
@@ -60,6 +62,23 @@ async fn push(
     )
     .unwrap();
     file_sync::client::push_folder(remote, name, folder.path()).await
+}
+
+/// A cluster whose workers sync spiders from `file_sync` and whose gateway,
+/// with its own certificate, asks `versions_from` for their versions.
+async fn cluster_asking_versions(
+    certs: &Arc<ClusterCerts>,
+    file_sync: &str,
+    versions_from: &str,
+) -> Cluster {
+    let mut gateway_args = vec!["--file-sync".to_string(), versions_from.to_string()];
+    gateway_args.extend(certs.args(Role::Gateway));
+    ClusterSpec::new(1, 1)
+        .with_certs(certs.clone())
+        .gateway_args(&gateway_args.iter().map(String::as_str).collect::<Vec<_>>())
+        .worker_args(&["--file-sync", file_sync])
+        .start()
+        .await
 }
 
 fn submit(job: &str, url: &str, depth: u32, spider: &str) -> serde_json::Value {
@@ -130,14 +149,7 @@ async fn a_new_version_of_a_spider_is_never_answered_from_the_old_versions_cache
     let certs = Arc::new(ClusterCerts::make().await);
     let file_sync = file_sync_with_spider(&certs, root.path(), "sample", SPIDER_TOML).await;
     let fs_url = format!("http://{}", file_sync.addr());
-    let mut gateway_args = vec!["--file-sync".to_string(), fs_url.clone()];
-    gateway_args.extend(certs.args(Role::Gateway));
-    let cluster = ClusterSpec::new(1, 1)
-        .with_certs(certs.clone())
-        .gateway_args(&gateway_args.iter().map(String::as_str).collect::<Vec<_>>())
-        .worker_args(&["--file-sync", &fs_url])
-        .start()
-        .await;
+    let cluster = cluster_asking_versions(&certs, &fs_url, &fs_url).await;
     let site = SampleSite::start().await.unwrap();
     let home = format!("http://{}/", site.addr);
     let mut client = WsClient::connect(&cluster.ws_url()).await;
@@ -189,14 +201,7 @@ async fn a_job_whose_spider_version_is_unknown_bypasses_the_cache() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let nowhere = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let mut gateway_args = vec!["--file-sync".to_string(), nowhere];
-    gateway_args.extend(certs.args(Role::Gateway));
-    let cluster = ClusterSpec::new(1, 1)
-        .with_certs(certs)
-        .gateway_args(&gateway_args.iter().map(String::as_str).collect::<Vec<_>>())
-        .worker_args(&["--file-sync", &fs_url])
-        .start()
-        .await;
+    let cluster = cluster_asking_versions(&certs, &fs_url, &nowhere).await;
     let site = SampleSite::start().await.unwrap();
     let mut client = WsClient::connect(&cluster.ws_url()).await;
     for job in ["first", "second"] {

@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use cluster_tests::processes::{ClusterSpec, binary};
+use std::time::Duration;
+
+use cluster_tests::processes::{ClusterSpec, run_crawlctl};
 use cluster_tests::ws::WsClient;
 use crawlctl::sample_site::SampleSite;
 use serde_json::{Value, json};
@@ -84,22 +86,16 @@ async fn crawlctl_writes_a_response_record_for_every_page_it_fetched() {
     let site = SampleSite::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("crawl.warc");
-    let run = tokio::process::Command::new(binary("crawlctl"))
-        .args(["crawl", &site.start_url(), "--depth", "1", "--json"])
-        .args(["--allow-network", "127.0.0.0/8", "--warc"])
-        .arg(&file)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(std::time::Duration::from_secs(120), run)
-        .await
-        .expect("crawlctl ended")
-        .expect("run crawlctl");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let url = site.start_url();
+    let args = ["crawl", &url, "--depth", "1", "--json"];
+    let warc = [
+        "--allow-network",
+        "127.0.0.0/8",
+        "--warc",
+        file.to_str().unwrap(),
+    ];
+    let output = run_crawlctl(&[&args[..], &warc[..]].concat(), Duration::from_secs(120)).await;
+    let result: Value = serde_json::from_str(&output).unwrap();
     let records = records(std::slice::from_ref(&file));
     let fetched = answered(&result);
     assert!(fetched.len() >= 5, "{result}");
