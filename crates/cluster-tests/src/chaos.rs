@@ -5,21 +5,25 @@
 //!
 //! - **lost**: accepted, but no result ever delivered to its client;
 //! - **duplicated**: more answers for one client and job id than it sent
-//!   requests (each submit earns one answer: the result, or a refusal);
-//!   one submit and two results is a result delivered twice;
-//! - **failed**: ended with an error other than a refusal to accept.
+//!   requests (each submit or `status` ask earns one answer: the result,
+//!   or a refusal); one submit and two results is a result delivered twice;
+//! - **failed**: ended with an error other than a refusal.
 //!
 //! A client behaves as a careful real one: when its connection drops it
 //! reconnects as itself (`?clientId=`) to the next gateway of its list,
-//! after a backoff; it sends again only the jobs it never saw accepted (an
-//! accepted job's outcome is pushed to it wherever it reconnects); and a
-//! submit refused as `unavailable` or `rate_limited` (not accepted) is
-//! sent again a little later.
+//! after a backoff; it sends again the jobs it never saw accepted, and asks
+//! `status` of the accepted ones still without an outcome (an outcome is
+//! pushed to it wherever it reconnects, but one whose delivery a dying
+//! gateway had claimed, or had left in its socket, comes only when asked);
+//! and a request refused as `unavailable` or `rate_limited` is made again a
+//! little later (the submit, or for an accepted job the `status` ask).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crawler_core::protocol::{Assembled, ResultAssembler, ServerMessage, SubmitRequest};
+use crawler_core::protocol::{
+    Assembled, ResultAssembler, ServerMessage, StatusRequest, SubmitRequest,
+};
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -45,7 +49,8 @@ pub struct Workload {
 pub struct JobHistory {
     pub job_id: String,
     pub submitted: Instant,
-    /// Times it was sent (a resubmit after a refusal or a lost answer).
+    /// Requests made for it, each earning at most one answer: submits (a
+    /// resubmit after a refusal or a lost answer) and `status` asks.
     pub sent: usize,
     pub accepted: bool,
     /// `result` messages delivered to its client (parts put together count once).
@@ -53,7 +58,7 @@ pub struct JobHistory {
     pub first_result: Option<Duration>,
     /// Errors other than a refusal to accept.
     pub errors: Vec<String>,
-    /// Refusals to accept (`unavailable`, `rate_limited`), later sent again.
+    /// Requests refused (`unavailable`, `rate_limited`), later made again.
     pub refusals: usize,
 }
 
@@ -209,8 +214,8 @@ async fn client(
         .collect();
     let started = Instant::now();
     let mut histories: HashMap<String, JobHistory> = HashMap::new();
-    let mut due: Vec<(Instant, usize)> = (0..requests.len())
-        .map(|j| (started + workload.pace * j as u32, j))
+    let mut due: Vec<(Instant, Ask)> = (0..requests.len())
+        .map(|j| (started + workload.pace * j as u32, Ask::Submit(j)))
         .collect();
     let mut client_id: Option<String> = None;
     let mut reconnects = 0;
@@ -239,7 +244,15 @@ async fn client(
                     .get(&request.job_id)
                     .is_some_and(|h| !h.accepted && h.errors.is_empty())
                 {
-                    due.push((Instant::now(), j));
+                    due.push((Instant::now(), Ask::Submit(j)));
+                }
+            }
+            for (j, request) in requests.iter().enumerate() {
+                if histories
+                    .get(&request.job_id)
+                    .is_some_and(|h| h.accepted && h.results == 0 && h.errors.is_empty())
+                {
+                    due.push((Instant::now(), Ask::Status(j)));
                 }
             }
         }
@@ -263,12 +276,28 @@ async fn client(
     (histories, reconnects)
 }
 
+/// A request a client is due to send, for the job of this index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ask {
+    Submit(usize),
+    /// After a reconnect, for an accepted job still without an outcome.
+    Status(usize),
+}
+
+impl Ask {
+    fn job(self) -> usize {
+        match self {
+            Self::Submit(j) | Self::Status(j) => j,
+        }
+    }
+}
+
 /// One connection: sends what is due, reads what comes. True when the
 /// connection dropped (the client reconnects), false when done.
 async fn session(
     socket: &mut Socket,
     requests: &[SubmitRequest],
-    due: &mut Vec<(Instant, usize)>,
+    due: &mut Vec<(Instant, Ask)>,
     histories: &mut HashMap<String, JobHistory>,
     client_id: &mut Option<String>,
     deadline: Instant,
@@ -284,11 +313,11 @@ async fn session(
         if now >= deadline {
             return false;
         }
-        // Send every submit that is due.
+        // Send every request that is due.
         due.sort();
         while due.first().is_some_and(|(at, _)| *at <= now) {
-            let (_, j) = due.remove(0);
-            let request = &requests[j];
+            let (_, ask) = due.remove(0);
+            let request = &requests[ask.job()];
             let history = histories
                 .entry(request.job_id.clone())
                 .or_insert_with(|| JobHistory {
@@ -302,8 +331,19 @@ async fn session(
                     refusals: 0,
                 });
             history.sent += 1;
-            if socket.send(Message::text(request.to_json())).await.is_err() {
-                due.push((Instant::now(), j));
+            let text = match ask {
+                Ask::Submit(_) => request.to_json(),
+                Ask::Status(_) => StatusRequest {
+                    job_id: request.job_id.clone(),
+                }
+                .to_json(),
+            };
+            if socket.send(Message::text(text)).await.is_err() {
+                // Unsent: the reconnect asks again.
+                history.sent -= 1;
+                if let Ask::Submit(_) = ask {
+                    due.push((Instant::now(), ask));
+                }
                 return true;
             }
         }
@@ -361,10 +401,17 @@ async fn session(
             } => {
                 let refused = matches!(code.as_str(), "unavailable" | "rate_limited");
                 if let Some(h) = histories.get_mut(&job_id) {
-                    if refused && !h.accepted {
+                    if refused {
+                        // Asked again later: the submit, or for an
+                        // accepted job its status.
                         h.refusals += 1;
                         if let Some(j) = requests.iter().position(|r| r.job_id == job_id) {
-                            due.push((Instant::now() + RESUBMIT_AFTER, j));
+                            let ask = if h.accepted {
+                                Ask::Status(j)
+                            } else {
+                                Ask::Submit(j)
+                            };
+                            due.push((Instant::now() + RESUBMIT_AFTER, ask));
                         }
                     } else {
                         h.errors.push(format!("{code}: {message}"));

@@ -324,7 +324,7 @@ async fn attach(
         return vec![accepted, answer(existing)];
     }
     match follow(state, &existing, client).await {
-        Some(finished) => vec![accepted, finished],
+        Some(finished) => vec![accepted, answer(finished)],
         None => vec![accepted],
     }
 }
@@ -343,9 +343,9 @@ fn answer(record: JobRecord) -> Outgoing {
 /// routes, and, when another gateway accepted the job, by pointing the job
 /// at this gateway in the store, where its master reads where to publish.
 /// The job may have finished meanwhile, its end published to the gateway
-/// it pointed at before: then its outcome is returned, to be pushed here
-/// (the store's delivery claim keeps that from sending it twice).
-async fn follow(state: &AppState, record: &JobRecord, client: &mut dyn Reach) -> Option<Outgoing> {
+/// it pointed at before: then its finished record is returned, for the
+/// caller to send here as a push or as an answer.
+async fn follow(state: &AppState, record: &JobRecord, client: &mut dyn Reach) -> Option<JobRecord> {
     let job_id = &record.spec.job_id;
     state.routes.insert(job_id.clone(), client.handle());
     if record.spec.gateway_key == state.gateway_key {
@@ -363,12 +363,7 @@ async fn follow(state: &AppState, record: &JobRecord, client: &mut dyn Reach) ->
     match state.engines.store.get(job_id).await {
         Ok(Some(now)) if now.state.is_final() => {
             state.routes.take(job_id);
-            Some(Outgoing::outcome(Outcome {
-                record: now,
-                pages: None,
-                cached: false,
-                duty: Duty::Push,
-            }))
+            Some(now)
         }
         _ => None,
     }
@@ -388,12 +383,7 @@ pub async fn owed_to(state: &AppState, client_id: &str, client: &mut dyn Reach) 
     let mut owed = Vec::with_capacity(open.len());
     for record in open {
         if record.state.is_final() {
-            owed.push(Outgoing::outcome(Outcome {
-                record,
-                pages: None,
-                cached: false,
-                duty: Duty::Push,
-            }));
+            owed.push(push(record));
             continue;
         }
         owed.push(Outgoing::message(ServerMessage::Progress {
@@ -401,9 +391,19 @@ pub async fn owed_to(state: &AppState, client_id: &str, client: &mut dyn Reach) 
             pages_done: record.pages_done,
             current_depth: record.current_depth,
         }));
-        owed.extend(follow(state, &record, client).await);
+        owed.extend(follow(state, &record, client).await.map(push));
     }
     owed
+}
+
+/// A finished job's outcome, sent unasked.
+fn push(record: JobRecord) -> Outgoing {
+    Outgoing::outcome(Outcome {
+        record,
+        pages: None,
+        cached: false,
+        duty: Duty::Push,
+    })
 }
 
 /// A returning client's open jobs handled at its connection; more (a client
@@ -476,10 +476,10 @@ pub async fn status(
         Ok(Some(record)) if record.state.is_final() => answer(record),
         Ok(Some(record)) => {
             // The client may be on a new connection: send the result there.
-            let now = status_message(&record);
-            follow(state, &record, client)
-                .await
-                .unwrap_or(Outgoing::message(now))
+            match follow(state, &record, client).await {
+                Some(finished) => answer(finished),
+                None => Outgoing::message(status_message(&record)),
+            }
         }
         Ok(None) => Outgoing::message(ServerMessage::error(
             Some(client_job_id.clone()),
