@@ -9,10 +9,13 @@
 //! `resultPart`s read from the store one part at a time, so neither the
 //! gateway nor any message holds a large crawl whole.
 
+use std::time::Duration;
+
 use crawler_core::ErrorCode;
-use crawler_core::model::{CrawlResult, JobRecord, JobState, PageFacts};
-use crawler_core::ports::PageQuery;
+use crawler_core::model::{CrawlResult, JobId, JobRecord, JobState, PageFacts};
+use crawler_core::ports::{AdapterError, PageQuery};
 use crawler_core::protocol::ServerMessage;
+use crawler_core::retry::RetryPolicy;
 
 use crate::AppState;
 
@@ -74,32 +77,56 @@ enum Sent {
     Unreadable,
 }
 
+/// How a delivery's claim, or its return, is retried: a store restart
+/// leaves dead connections in the pool, each failing once, and a push not
+/// claimed is not sent (the client would have to ask for it).
+const STORE_CALL: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(20), Duration::from_millis(500)).with_retries(20);
+
 /// Sends `outcome` if this connection's duty says so. False once the
 /// connection is broken.
 pub async fn deliver<W: Writer>(state: &AppState, out: &mut W, outcome: Box<Outcome>) -> bool {
     let job_id = outcome.record.spec.job_id.clone();
     let claimed = match outcome.duty {
         Duty::Claimed => true,
-        Duty::Push | Duty::Answer => match state.engines.store.claim_delivery(&job_id).await {
-            Ok(claimed) => claimed,
-            Err(e) => {
-                // Not sent now; the client can ask `status`, or reconnect.
-                tracing::warn!(%job_id, error = %e, "cannot claim a delivery");
-                return true;
-            }
+        Duty::Push | Duty::Answer => match claim(state, &job_id).await {
+            Some(claimed) => claimed,
+            // Not sent now; the client can ask `status`, or reconnect.
+            None => return true,
         },
     };
     if !claimed && outcome.duty == Duty::Push {
         return true; // delivered elsewhere
     }
     let sent = send_outcome(state, out, *outcome).await;
-    if !matches!(sent, Sent::Whole)
-        && claimed
-        && let Err(e) = state.engines.store.unclaim_delivery(&job_id).await
-    {
-        tracing::warn!(%job_id, error = %e, "cannot give a delivery back; the client can still ask `status`");
+    if !matches!(sent, Sent::Whole) && claimed {
+        unclaim(state, &job_id).await;
     }
     !matches!(sent, Sent::Broken)
+}
+
+/// Claims the delivery of `job_id`: whether this caller won it, or `None`
+/// when the store could not say.
+async fn claim(state: &AppState, job_id: &JobId) -> Option<bool> {
+    let call = || state.engines.store.claim_delivery(job_id);
+    let retrying = |e: &AdapterError, _| {
+        tracing::warn!(%job_id, error = %e, "cannot claim a delivery; retrying");
+    };
+    match STORE_CALL.retry(&state.closing, call, retrying).await {
+        Ok(claimed) => Some(claimed),
+        Err(e) => {
+            tracing::warn!(%job_id, error = ?e.into_inner(), "cannot claim a delivery");
+            None
+        }
+    }
+}
+
+/// Gives a claimed delivery back, so a reconnect pushes it again.
+async fn unclaim(state: &AppState, job_id: &JobId) {
+    let call = || state.engines.store.unclaim_delivery(job_id);
+    if let Err(e) = STORE_CALL.retry(&state.closing, call, |_, _| {}).await {
+        tracing::warn!(%job_id, error = ?e.into_inner(), "cannot give a delivery back; the client can still ask `status`");
+    }
 }
 
 async fn send_outcome<W: Writer>(state: &AppState, out: &mut W, outcome: Outcome) -> Sent {
