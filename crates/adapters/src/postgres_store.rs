@@ -94,6 +94,10 @@ impl SqlStore<Postgres> {
 async fn open_pool(options: PgConnectOptions) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(10)
+        // No ping before each use: it costs a round trip on every query,
+        // and a connection Postgres dropped fails its query anyway, which
+        // every caller already treats as a store outage to retry.
+        .test_before_acquire(false)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
