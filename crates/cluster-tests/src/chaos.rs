@@ -384,11 +384,11 @@ async fn session(
             ServerMessage::ResultPart {
                 job_id,
                 part,
+                last,
                 pages,
-                ..
             } => {
                 if let Some(assembler) = parts.get_mut(&job_id)
-                    && let Ok(Assembled::Done(_)) = assembler.add(part, pages)
+                    && let Ok(Assembled::Done(_)) = assembler.add(part, last, pages)
                 {
                     parts.remove(&job_id);
                     record_result(histories, &job_id);

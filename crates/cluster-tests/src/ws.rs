@@ -192,12 +192,13 @@ impl WsClient {
             let part = self
                 .next_where(|m| m["jobId"] == job_id && m["type"] == "resultPart")
                 .await;
-            let ServerMessage::ResultPart { part, pages, .. } =
-                serde_json::from_value(part).expect("a result part")
+            let ServerMessage::ResultPart {
+                part, last, pages, ..
+            } = serde_json::from_value(part).expect("a result part")
             else {
                 unreachable!("matched by type");
             };
-            if let Assembled::Done(result) = parts.add(part, pages).expect("parts in order") {
+            if let Assembled::Done(result) = parts.add(part, last, pages).expect("parts in order") {
                 return serde_json::to_value(result).expect("a result is JSON");
             }
         }

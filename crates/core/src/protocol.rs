@@ -400,10 +400,11 @@ pub enum ServerMessage {
         cached: bool,
         elapsed_ms: u64,
     },
-    /// The start of a result too large for one message (more pages than
-    /// the gateway sends at once): its shape, then `parts` [`Self::ResultPart`]s
-    /// whose pages come in level order (depth, then URL), so level `i` is
-    /// the URLs of the pages of depth `i`, in the order they arrive.
+    /// The start of a result too large for one message (more bytes than
+    /// the gateway puts in one): its shape, then [`Self::ResultPart`]s,
+    /// the last marked `last`, whose pages come in level order (depth,
+    /// then URL), so level `i` is the URLs of the pages of depth `i`, in
+    /// the order they arrive.
     #[serde(rename_all = "camelCase")]
     ResultHead {
         job_id: String,
@@ -411,17 +412,17 @@ pub enum ServerMessage {
         depth: u32,
         level_sizes: Vec<u32>,
         page_count: u64,
-        parts: u32,
         truncated: bool,
         cached: bool,
         elapsed_ms: u64,
     },
-    /// Part `part` (from 1) of `parts` of a result announced by a head.
+    /// Part `part` (from 1) of a result announced by a head. Parts are cut
+    /// by size, so their number is known only at the `last`.
     #[serde(rename_all = "camelCase")]
     ResultPart {
         job_id: String,
         part: u32,
-        parts: u32,
+        last: bool,
         pages: Vec<PageFacts>,
     },
     /// Answer to `status` for a job that has not finished.
@@ -506,18 +507,23 @@ impl ResultAssembler {
     }
 
     /// Adds the next part. Parts arrive in order on one connection; one out
-    /// of order is refused.
-    pub fn add(&mut self, part: u32, pages: Vec<PageFacts>) -> Result<Assembled, String> {
+    /// of order is refused, and so is a last part that leaves the result
+    /// short of, or past, the head's page count.
+    pub fn add(
+        &mut self,
+        part: u32,
+        last: bool,
+        pages: Vec<PageFacts>,
+    ) -> Result<Assembled, String> {
         let ServerMessage::ResultHead {
             job_id,
             url,
             depth,
             level_sizes,
-            parts,
+            page_count,
             truncated,
             cached,
             elapsed_ms,
-            ..
         } = &self.head
         else {
             unreachable!("an assembler starts from a head");
@@ -530,8 +536,14 @@ impl ResultAssembler {
         }
         self.parts_seen = part;
         self.pages.extend(pages);
-        if part < *parts {
+        if !last {
             return Ok(Assembled::Pending);
+        }
+        if self.pages.len() as u64 != *page_count {
+            return Err(format!(
+                "the result of job `{job_id}` came with {} pages; its head said {page_count}",
+                self.pages.len()
+            ));
         }
         let summary = crate::model::ResultSummary {
             depth: *depth,
@@ -741,19 +753,23 @@ mod tests {
             depth: 1,
             level_sizes: vec![1, 2],
             page_count: 3,
-            parts: 2,
             truncated: false,
             cached: false,
             elapsed_ms: 5,
         };
+        let mut short = ResultAssembler::new(head.clone()).unwrap();
+        assert!(
+            short.add(1, true, vec![page("a", 0)]).is_err(),
+            "a last part that leaves the result short"
+        );
         let mut parts = ResultAssembler::new(head).unwrap();
-        assert!(parts.add(2, vec![]).is_err(), "out of order");
+        assert!(parts.add(2, false, vec![]).is_err(), "out of order");
         assert_eq!(
-            parts.add(1, vec![page("a", 0), page("b", 1)]),
+            parts.add(1, false, vec![page("a", 0), page("b", 1)]),
             Ok(Assembled::Pending)
         );
         let Ok(Assembled::Done(ServerMessage::Result { levels, pages, .. })) =
-            parts.add(2, vec![page("c", 1)])
+            parts.add(2, true, vec![page("c", 1)])
         else {
             panic!("the last part completes the result");
         };

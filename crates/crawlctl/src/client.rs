@@ -249,13 +249,13 @@ async fn follow(
             ServerMessage::ResultPart {
                 job_id,
                 part,
+                last,
                 pages,
-                ..
             } if job_id == request.job_id => {
                 let Some(assembler) = parts.as_mut() else {
                     continue; // a part of a result whose head this connection missed
                 };
-                match assembler.add(part, pages) {
+                match assembler.add(part, last, pages) {
                     Ok(Assembled::Done(result)) => {
                         let _ = socket.close(None).await;
                         return Session::Done(result);

@@ -45,10 +45,12 @@ pub struct GatewayConfig {
     /// before any gateway's outbox publishes it again, in milliseconds.
     #[arg(long, env = "WS_GATEWAY__OUTBOX_GRACE_MS", default_value_t = 2_000)]
     pub outbox_grace_ms: u64,
-    /// A result of more pages than this is sent as a `resultHead` and parts
-    /// of this many pages, read from the store one part at a time.
-    #[arg(long, env = "WS_GATEWAY__RESULT_PART_PAGES", default_value_t = 1000)]
-    pub result_part_pages: u32,
+    /// A result whose message would be larger than this, in bytes, is sent
+    /// as a `resultHead` and parts of at most this size (a single page
+    /// larger than this goes alone), read from the store a few hundred
+    /// pages at a time.
+    #[arg(long, env = "WS_GATEWAY__RESULT_PART_BYTES", default_value_t = 1 << 20)]
+    pub result_part_bytes: usize,
     /// Largest text frame a request may be, in bytes: a larger one, up to
     /// four times this (the transport limit), gets `message_too_large` and
     /// the connection stays; a frame past the transport limit closes the
@@ -152,8 +154,8 @@ impl GatewayConfig {
             "--default-max-pages must be from 1 to --max-pages"
         );
         anyhow::ensure!(
-            (1..=10_000).contains(&self.result_part_pages),
-            "--result-part-pages must be from 1 to 10000"
+            (1024..=64 << 20).contains(&self.result_part_bytes),
+            "--result-part-bytes must be from 1024 to 67108864 (64 MiB)"
         );
         anyhow::ensure!(
             self.max_frame_bytes >= 1024,

@@ -452,6 +452,11 @@ impl<S: Sink<Message> + Unpin + Send> Writer for Socket<'_, S> {
         self.send(Message::Text(Utf8Bytes::from(message.to_json())))
             .await
     }
+
+    async fn write_result(&mut self, json: String) -> bool {
+        Metrics::inc(&self.state.metrics.results_delivered);
+        self.send(Message::Text(Utf8Bytes::from(json))).await
+    }
 }
 
 #[cfg(test)]

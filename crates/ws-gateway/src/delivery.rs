@@ -5,9 +5,10 @@
 //! delivery in the store (the claim succeeds for one caller), and gives
 //! the claim back if the connection breaks before the outcome is written,
 //! so the client is sent it when it reconnects, to any gateway. A result
-//! of more pages than `part_pages` goes as a `resultHead` and then
-//! `resultPart`s read from the store one part at a time, so neither the
-//! gateway nor any message holds a large crawl whole.
+//! whose message would be larger than `part_bytes` goes as a `resultHead`
+//! and then `resultPart`s of at most that size, read from the store a few
+//! hundred pages at a time, so neither the gateway nor any message holds a
+//! large crawl whole.
 
 use std::time::Duration;
 
@@ -66,6 +67,10 @@ pub enum Duty {
 pub trait Writer {
     /// False once the connection is broken.
     fn write(&mut self, message: ServerMessage) -> impl Future<Output = bool> + Send;
+
+    /// Writes a whole `result` already made into JSON (made to learn its
+    /// size); false once the connection is broken.
+    fn write_result(&mut self, json: String) -> impl Future<Output = bool> + Send;
 }
 
 /// How sending an outcome went.
@@ -156,33 +161,35 @@ async fn send_outcome<W: Writer>(state: &AppState, out: &mut W, outcome: Outcome
         }
     };
     let page_count = summary.page_count();
-    let part_pages = state.part_pages;
-    if page_count <= u64::from(part_pages) {
-        let pages = match pages {
-            Some(pages) => pages,
-            None => match read(state, &record, None, part_pages).await {
-                Ok(pages) => pages,
-                Err(message) => return unreadable(out.write(message).await),
-            },
-        };
+    let pages = match pages {
+        Some(pages) => Some(pages),
+        None if page_count <= u64::from(READ_PAGES) => match read(state, &record, None).await {
+            Ok(pages) => Some(pages),
+            Err(message) => return unreadable(out.write(message).await),
+        },
+        None => None,
+    };
+    if let Some(pages) = pages {
         let result = CrawlResult::assemble(&summary, pages);
         let message = ServerMessage::result(
-            client_job_id,
-            record.spec.url,
+            client_job_id.clone(),
+            record.spec.url.clone(),
             result,
             cached,
             record.elapsed_ms,
         );
-        return sent(out.write(message).await);
+        let json = message.to_json();
+        if json.len() <= state.part_bytes {
+            return sent(out.write_result(json).await);
+        }
+        // Too large for one message after all: in parts, from the store.
     }
-    let parts = page_count.div_ceil(u64::from(part_pages)) as u32;
     let head = ServerMessage::ResultHead {
         job_id: client_job_id.clone(),
         url: record.spec.url.clone(),
         depth: summary.depth,
         level_sizes: summary.level_sizes.clone(),
         page_count,
-        parts,
         truncated: summary.truncated,
         cached,
         elapsed_ms: record.elapsed_ms,
@@ -190,25 +197,103 @@ async fn send_outcome<W: Writer>(state: &AppState, out: &mut W, outcome: Outcome
     if !out.write(head).await {
         return Sent::Broken;
     }
+    let mut parts = Parts::new(client_job_id, state.part_bytes);
     let mut after = None;
-    for part in 1..=parts {
-        let pages = match read(state, &record, after.take(), part_pages).await {
+    loop {
+        let pages = match read(state, &record, after.take()).await {
             Ok(pages) => pages,
             // The head went out; the client learns the rest failed.
             Err(message) => return unreadable(out.write(message).await),
         };
+        let read_all = pages.len() < READ_PAGES as usize;
         after = pages.last().map(|p| (p.depth, p.url.clone()));
-        let message = ServerMessage::ResultPart {
-            job_id: client_job_id.clone(),
-            part,
-            parts,
-            pages,
-        };
-        if !out.write(message).await {
-            return Sent::Broken;
+        for page in pages {
+            if let Some(full) = parts.add(page)
+                && !out.write(full).await
+            {
+                return Sent::Broken;
+            }
+        }
+        if read_all {
+            break;
         }
     }
-    Sent::Whole
+    sent(out.write(parts.finish()).await)
+}
+
+/// Pages read from the store at a time.
+const READ_PAGES: u32 = 500;
+
+/// Packs pages, in order, into `resultPart`s of at most `bytes` of JSON.
+struct Parts {
+    job_id: String,
+    bytes: usize,
+    /// The part being filled, its JSON size so far, and its number.
+    pages: Vec<PageFacts>,
+    size: usize,
+    part: u32,
+}
+
+impl Parts {
+    fn new(job_id: String, bytes: usize) -> Self {
+        Self {
+            job_id,
+            bytes,
+            pages: Vec::new(),
+            size: 0,
+            part: 1,
+        }
+    }
+
+    /// Adds a page; returns the part it filled, when it did.
+    fn add(&mut self, page: PageFacts) -> Option<ServerMessage> {
+        let page_size = json_len(&page) + 1; // and its comma
+        let full = (!self.pages.is_empty() && self.envelope() + self.size + page_size > self.bytes)
+            .then(|| self.take(false));
+        self.size += page_size;
+        self.pages.push(page);
+        full
+    }
+
+    /// The last part.
+    fn finish(mut self) -> ServerMessage {
+        self.take(true)
+    }
+
+    fn take(&mut self, last: bool) -> ServerMessage {
+        self.size = 0;
+        self.part += 1;
+        ServerMessage::ResultPart {
+            job_id: self.job_id.clone(),
+            part: self.part - 1,
+            last,
+            pages: std::mem::take(&mut self.pages),
+        }
+    }
+
+    /// The JSON of a part around its pages: type, job id, part number and
+    /// `last`, at their longest.
+    fn envelope(&self) -> usize {
+        r#"{"type":"resultPart","jobId":,"part":4294967295,"last":false,"pages":[]}"#.len()
+            + json_len(&self.job_id)
+    }
+}
+
+/// The length of `value` as JSON, without building the text.
+fn json_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).expect("pages always serialise");
+    count.0
 }
 
 /// The result's next pages from the store, or the error to send instead.
@@ -216,12 +301,11 @@ async fn read(
     state: &AppState,
     record: &JobRecord,
     after: Option<(u32, String)>,
-    limit: u32,
 ) -> Result<Vec<PageFacts>, ServerMessage> {
     let query = PageQuery {
         max_depth: record.summary.as_ref().map_or(0, |s| s.depth),
         after,
-        limit,
+        limit: READ_PAGES,
     };
     state
         .engines
@@ -237,4 +321,64 @@ async fn read(
                 ),
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(i: usize, links: usize) -> PageFacts {
+        PageFacts {
+            url: format!("http://a.test/page-{i}"),
+            depth: 1,
+            status: Some(200),
+            links: (0..links)
+                .map(|l| format!("http://a.test/{i}/{l}"))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn parts_hold_every_page_in_order_and_stay_under_the_bound() {
+        const BYTES: usize = 2_000;
+        // Pages of 0 to 60 links, and one of 200 links, alone over the bound.
+        let pages: Vec<PageFacts> = (0..300)
+            .map(|i| page(i, if i == 150 { 200 } else { i % 61 }))
+            .collect();
+        let mut parts = Parts::new("job-7".into(), BYTES);
+        let mut sent: Vec<ServerMessage> =
+            pages.iter().cloned().filter_map(|p| parts.add(p)).collect();
+        sent.push(parts.finish());
+
+        let mut again = Vec::new();
+        for (at, message) in sent.iter().enumerate() {
+            let ServerMessage::ResultPart {
+                job_id,
+                part,
+                last,
+                pages,
+            } = message
+            else {
+                panic!("a part: {message:?}");
+            };
+            assert_eq!((job_id.as_str(), *part), ("job-7", at as u32 + 1));
+            assert_eq!(*last, at + 1 == sent.len(), "only the final part is last");
+            let size = message.to_json().len();
+            assert!(
+                size <= BYTES || pages.len() == 1,
+                "part {part}: {size} bytes in {} pages",
+                pages.len()
+            );
+            again.extend(pages.iter().cloned());
+        }
+        assert_eq!(again, pages);
+        assert!(sent.len() > 10, "{} parts", sent.len());
+    }
+
+    #[test]
+    fn json_len_is_the_length_of_the_json() {
+        let page = page(3, 4);
+        assert_eq!(json_len(&page), serde_json::to_string(&page).unwrap().len());
+    }
 }

@@ -64,8 +64,8 @@ pub struct Shared {
     limits: Limits,
     policy: Arc<NetworkPolicy>,
     max_frame_bytes: usize,
-    /// A result of more pages than this is sent in parts of this many.
-    part_pages: u32,
+    /// A result whose message is larger than this is sent in parts no larger.
+    part_bytes: usize,
     resolve_timeout: Duration,
     /// How connections are held: buffers, liveness, limits.
     conn: Arc<ConnectionLimits>,
@@ -117,7 +117,7 @@ impl Gateway {
             limits: config.limits(),
             policy: Arc::new(NetworkPolicy::new(config.allow_network.clone())),
             max_frame_bytes: config.max_frame_bytes,
-            part_pages: config.result_part_pages,
+            part_bytes: config.result_part_bytes,
             resolve_timeout: config.resolve_timeout(),
             conn: Arc::new(config.connection_limits()),
             closing: CancellationToken::new(),
