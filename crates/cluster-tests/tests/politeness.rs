@@ -1,6 +1,7 @@
 //! Polite crawling across the cluster: robots.txt asked and obeyed, its
-//! `Crawl-delay` held by two workers together, and a host that answers 429
-//! with `Retry-After` left alone for as long as it asked.
+//! `Crawl-delay` held by two workers together, a batch that the delay makes
+//! outlast its deadline kept by its worker while it progresses, and a host
+//! that answers 429 with `Retry-After` left alone for as long as it asked.
 
 use std::time::Duration;
 
@@ -139,6 +140,37 @@ async fn crawl_delay_holds_across_two_workers() {
             fetched.is_some_and(|n| n > 0.0),
             "a worker fetched nothing: both must share the host"
         );
+    }
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_paced_past_its_deadline_by_a_crawl_delay_is_not_sent_again() {
+    // Eight pages 0.5 s apart: level 1 takes 3.5 s or more, past the
+    // master's 2 s batch deadline, while its worker reports progress.
+    let site =
+        TestSite::serve(SitePlan::tree(&[8]).robots("User-agent: *\nCrawl-delay: 0.5\n")).await;
+    let cluster = ClusterSpec::new(1, 1)
+        .master_args(&["--batch-deadline-secs", "2"])
+        .worker_args(&["--batch-progress-ms", "200"])
+        .start()
+        .await;
+    let mut client = WsClient::connect(&cluster.ws_url()).await;
+    client.submit("slow", &site.url("/"), 1).await;
+    let result = client.result("slow").await;
+    assert_eq!(levels_of(&result), site.levels(1));
+
+    let gaps = page_gaps(&site);
+    let level_1: Duration = gaps.iter().skip(1).sum();
+    assert!(
+        level_1 > Duration::from_secs(2),
+        "level 1 took {level_1:?}, within the deadline: the test shows nothing"
+    );
+    let master = &cluster.masters[0];
+    assert_eq!(master.count_log("a batch passed its deadline"), 0);
+    for path in site.levels(1).concat() {
+        let path = url::Url::parse(&path).unwrap().path().to_string();
+        assert_eq!(site.hits(&path), 1, "{path} fetched once");
     }
     cluster.cleanup().await;
 }

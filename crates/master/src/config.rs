@@ -52,9 +52,10 @@ pub struct MasterConfig {
     /// (frozen, or cut off without a reset); its batches go to others.
     #[arg(long, env = "MASTER__WORKER_KEEPALIVE_SECS", default_value_t = 5)]
     pub worker_keepalive_secs: u64,
-    /// A batch a worker has not answered in this many seconds is queued
-    /// again for another worker; the crawl keeps the first answer that
-    /// reaches it.
+    /// A batch a worker has neither answered nor reported progress on
+    /// (pages fetched since its last report) in this many seconds is
+    /// queued again for another worker; the crawl keeps the first answer
+    /// that reaches it.
     #[arg(long, env = "MASTER__BATCH_DEADLINE_SECS", default_value_t = 60)]
     pub batch_deadline_secs: u64,
     /// How long finished crawls stay in the cache, in seconds.

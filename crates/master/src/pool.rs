@@ -3,8 +3,9 @@
 //! Each worker stream runs its own loop: it takes a waiting batch only while
 //! the worker has credit, so a slow worker is never flooded and a fast one is
 //! never idle. Batches in flight on a stream that drops go back to the queue,
-//! and so does a batch its worker has not answered by the batch deadline
-//! (the first answer to come counts; a later one is ignored).
+//! and so does a batch its worker has neither answered nor reported progress
+//! on for the batch deadline (the first answer to come counts; a later one
+//! is ignored).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -123,6 +124,11 @@ impl WorkerPool {
                         worker_message::Msg::Result(result) => {
                             if let Some((pending, _)) = in_flight.remove(&result.batch_id) {
                                 let _ = pending.reply.send(result);
+                            }
+                        }
+                        worker_message::Msg::Progress(progress) => {
+                            if let Some((_, due)) = in_flight.get_mut(&progress.batch_id) {
+                                *due = Instant::now() + self.batch_deadline;
                             }
                         }
                         worker_message::Msg::Draining(_) => draining = true,

@@ -72,6 +72,12 @@ pub struct WorkerConfig {
     /// worker reconnects.
     #[arg(long, env = "WORKER__KEEPALIVE_SECS", default_value_t = 5)]
     pub keepalive_secs: u64,
+    /// How often a running batch reports that it fetched more pages, in
+    /// milliseconds, so its master does not give it to another worker while
+    /// a host's crawl delay paces it. Keep it well under the masters'
+    /// `--batch-deadline-secs`.
+    #[arg(long, env = "WORKER__BATCH_PROGRESS_MS", default_value_t = 10_000)]
+    pub batch_progress_ms: u64,
     /// How long registering with a master may take, in seconds, before the
     /// worker gives up that try and tries again.
     #[arg(long, env = "WORKER__REGISTER_TIMEOUT_SECS", default_value_t = 3)]
@@ -172,6 +178,10 @@ impl WorkerConfig {
         anyhow::ensure!(
             self.min_backoff_ms >= 1 && self.min_backoff_ms <= self.max_backoff_ms,
             "backoff bounds are inverted"
+        );
+        anyhow::ensure!(
+            self.batch_progress_ms >= 1,
+            "--batch-progress-ms must be at least 1"
         );
         anyhow::ensure!(
             self.keepalive_secs >= 1,

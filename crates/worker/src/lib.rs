@@ -129,6 +129,7 @@ impl Worker {
                 fetch_concurrency: config.fetch_concurrency,
                 reconnect: config.reconnect_policy(),
                 keepalive: Duration::from_secs(config.keepalive_secs),
+                batch_progress: Duration::from_millis(config.batch_progress_ms),
                 register_timeout: Duration::from_secs(config.register_timeout_secs),
                 registered: registered.clone(),
                 lost,

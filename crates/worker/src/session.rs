@@ -2,12 +2,12 @@
 //! and reconnect with backoff and jitter when the stream drops.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crawler_proto::v1::{
-    self, BatchResult, Credit, Draining, MasterMessage, Register, WorkerMessage, master_message,
-    master_service_client::MasterServiceClient, worker_message,
+    self, BatchProgress, BatchResult, Credit, Draining, MasterMessage, Register, WorkerMessage,
+    master_message, master_service_client::MasterServiceClient, worker_message,
 };
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
@@ -45,6 +45,8 @@ pub struct SessionConfig {
     pub reconnect: RetryPolicy,
     /// HTTP/2 ping interval, and how long an unanswered ping is waited for.
     pub keepalive: Duration,
+    /// How often a running batch that fetched more pages says so.
+    pub batch_progress: Duration,
     /// How long registering may take before this try is given up.
     pub register_timeout: Duration,
     /// How many of this worker's sessions are registered now (readiness).
@@ -126,9 +128,12 @@ async fn run_once(
             message = inbound.next() => match message {
                 Some(Ok(MasterMessage { msg: Some(master_message::Msg::Batch(batch)) })) => {
                     let (tx, crawling, per_batch) = (tx.clone(), crawling.clone(), config.fetch_concurrency);
+                    let every = config.batch_progress;
                     crate::metrics::batch_run();
                     batches.spawn(async move {
-                        let result = run_batch(batch, &crawling, per_batch).await;
+                        let (batch_id, done) = (batch.batch_id, AtomicU32::new(0));
+                        let run = run_batch(batch, &crawling, per_batch, &done);
+                        let result = reporting_progress(run, batch_id, &done, every, &tx).await;
                         send(&tx, worker_message::Msg::Result(result)).await;
                         send(&tx, worker_message::Msg::Credit(Credit { amount: 1 })).await;
                     });
@@ -236,8 +241,44 @@ async fn send(tx: &mpsc::Sender<WorkerMessage>, msg: worker_message::Msg) {
     let _ = tx.send(WorkerMessage { msg: Some(msg) }).await;
 }
 
+/// Runs `batch` to its result, telling the master every `every` that it
+/// fetched more pages (`done` counts them); a batch that fetched nothing
+/// since its last report says nothing, so a stuck one still passes its
+/// deadline.
+async fn reporting_progress(
+    batch: impl Future<Output = BatchResult>,
+    batch_id: u64,
+    done: &AtomicU32,
+    every: Duration,
+    tx: &mpsc::Sender<WorkerMessage>,
+) -> BatchResult {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await; // the first tick is at once
+    let mut reported = 0;
+    let mut batch = std::pin::pin!(batch);
+    loop {
+        tokio::select! {
+            result = &mut batch => return result,
+            _ = ticks.tick() => {
+                let pages_done = done.load(Ordering::Relaxed);
+                if pages_done > reported {
+                    reported = pages_done;
+                    let progress = BatchProgress { batch_id, pages_done };
+                    send(tx, worker_message::Msg::Progress(progress)).await;
+                }
+            }
+        }
+    }
+}
+
 /// Runs a batch in a span of its job's trace (the master sends the context).
-async fn run_batch(batch: v1::Batch, crawling: &Crawling, concurrency: usize) -> BatchResult {
+async fn run_batch(
+    batch: v1::Batch,
+    crawling: &Crawling,
+    concurrency: usize,
+    done: &AtomicU32,
+) -> BatchResult {
     let span = tracing::info_span!(
         "batch",
         job_id = %batch.job_id,
@@ -246,12 +287,17 @@ async fn run_batch(batch: v1::Batch, crawling: &Crawling, concurrency: usize) ->
     );
     let parent: crawler_core::trace::TraceContext = batch.trace.clone().into_iter().collect();
     crawler_core::trace::set_parent(&span, &parent);
-    fetch_batch(batch, crawling, concurrency)
+    fetch_batch(batch, crawling, concurrency, done)
         .instrument(span)
         .await
 }
 
-async fn fetch_batch(batch: v1::Batch, crawling: &Crawling, concurrency: usize) -> BatchResult {
+async fn fetch_batch(
+    batch: v1::Batch,
+    crawling: &Crawling,
+    concurrency: usize,
+    done: &AtomicU32,
+) -> BatchResult {
     let Crawling {
         fetcher,
         spiders,
@@ -335,6 +381,9 @@ async fn fetch_batch(batch: v1::Batch, crawling: &Crawling, concurrency: usize) 
                 }
             })
             .buffered(concurrency)
+            .inspect(|_| {
+                done.fetch_add(1, Ordering::Relaxed);
+            })
             .collect()
             .await;
     let (pages, kept): (Vec<_>, Vec<_>) = fetched.into_iter().unzip();
