@@ -1,6 +1,7 @@
 //! One worker's stream to one master: register, grant credit, run batches,
 //! and reconnect with backoff and jitter when the stream drops.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -122,18 +123,23 @@ async fn run_once(
     .await;
 
     let batches = TaskTracker::new();
+    let running = Arc::new(Running::default());
+    let reporter = tokio::spawn(report_progress(
+        running.clone(),
+        config.batch_progress,
+        tx.clone(),
+    ));
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             message = inbound.next() => match message {
                 Some(Ok(MasterMessage { msg: Some(master_message::Msg::Batch(batch)) })) => {
                     let (tx, crawling, per_batch) = (tx.clone(), crawling.clone(), config.fetch_concurrency);
-                    let every = config.batch_progress;
+                    let started = Running::start(&running, batch.batch_id);
                     crate::metrics::batch_run();
                     batches.spawn(async move {
-                        let (batch_id, done) = (batch.batch_id, AtomicU32::new(0));
-                        let run = run_batch(batch, &crawling, per_batch, &done);
-                        let result = reporting_progress(run, batch_id, &done, every, &tx).await;
+                        let result = run_batch(batch, &crawling, per_batch, &started.done).await;
+                        drop(started);
                         send(&tx, worker_message::Msg::Result(result)).await;
                         send(&tx, worker_message::Msg::Credit(Credit { amount: 1 })).await;
                     });
@@ -158,6 +164,7 @@ async fn run_once(
         }
         // End our half of the stream only now, and wait for the master to end
         // its half: dropping the call at once could lose results still queued.
+        reporter.abort();
         drop(tx);
         let master_done = async { while inbound.next().await.is_some() {} };
         if tokio::time::timeout(STREAM_CLOSE_TIMEOUT, master_done)
@@ -167,6 +174,7 @@ async fn run_once(
             tracing::warn!("master did not close the stream; leaving anyway");
         }
     }
+    reporter.abort();
     outcome
 }
 
@@ -241,33 +249,72 @@ async fn send(tx: &mpsc::Sender<WorkerMessage>, msg: worker_message::Msg) {
     let _ = tx.send(WorkerMessage { msg: Some(msg) }).await;
 }
 
-/// Runs `batch` to its result, telling the master every `every` that it
-/// fetched more pages (`done` counts them); a batch that fetched nothing
-/// since its last report says nothing, so a stuck one still passes its
-/// deadline.
-async fn reporting_progress(
-    batch: impl Future<Output = BatchResult>,
+/// The batches running on one stream, and the pages each has fetched.
+#[derive(Default)]
+struct Running {
+    batches: std::sync::Mutex<HashMap<u64, Arc<AtomicU32>>>,
+}
+
+/// A batch counted as running until it is dropped.
+struct Started {
+    running: Arc<Running>,
     batch_id: u64,
-    done: &AtomicU32,
-    every: Duration,
-    tx: &mpsc::Sender<WorkerMessage>,
-) -> BatchResult {
+    done: Arc<AtomicU32>,
+}
+
+impl Running {
+    fn start(running: &Arc<Self>, batch_id: u64) -> Started {
+        let done = Arc::new(AtomicU32::new(0));
+        running.lock().insert(batch_id, done.clone());
+        Started {
+            running: running.clone(),
+            batch_id,
+            done,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicU32>>> {
+        self.batches.lock().expect("running batches lock poisoned")
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.running.lock().remove(&self.batch_id);
+    }
+}
+
+/// Every `every`, tells the master of each running batch that fetched more
+/// pages since it last said so; a batch that fetched nothing says nothing,
+/// so a stuck one still passes its deadline. One ticker per stream, so a
+/// batch costs no timer of its own.
+async fn report_progress(running: Arc<Running>, every: Duration, tx: mpsc::Sender<WorkerMessage>) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await; // the first tick is at once
-    let mut reported = 0;
-    let mut batch = std::pin::pin!(batch);
+    let mut reported: HashMap<u64, u32> = HashMap::new();
     loop {
-        tokio::select! {
-            result = &mut batch => return result,
-            _ = ticks.tick() => {
-                let pages_done = done.load(Ordering::Relaxed);
-                if pages_done > reported {
-                    reported = pages_done;
-                    let progress = BatchProgress { batch_id, pages_done };
-                    send(tx, worker_message::Msg::Progress(progress)).await;
-                }
-            }
+        ticks.tick().await;
+        let advanced: Vec<BatchProgress> = {
+            let batches = running.lock();
+            reported.retain(|batch_id, _| batches.contains_key(batch_id));
+            batches
+                .iter()
+                .filter_map(|(&batch_id, done)| {
+                    let pages_done = done.load(Ordering::Relaxed);
+                    let last = reported.entry(batch_id).or_insert(0);
+                    (pages_done > *last).then(|| {
+                        *last = pages_done;
+                        BatchProgress {
+                            batch_id,
+                            pages_done,
+                        }
+                    })
+                })
+                .collect()
+        };
+        for progress in advanced {
+            send(&tx, worker_message::Msg::Progress(progress)).await;
         }
     }
 }
