@@ -96,7 +96,8 @@ async fn open_pool(options: PgConnectOptions) -> Result<PgPool, sqlx::Error> {
         .max_connections(10)
         // No ping before each use: it costs a round trip on every query,
         // and a connection Postgres dropped fails its query anyway, which
-        // every caller already treats as a store outage to retry.
+        // every caller already handles as a store outage (retried, or
+        // answered `unavailable` for the client to ask again).
         .test_before_acquire(false)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)

@@ -238,22 +238,16 @@ async fn client(
         if client_id.is_some() {
             reconnects += 1;
             // Jobs never seen accepted are sent again (the same request
-            // attaches if it was recorded after all).
+            // attaches if it was recorded after all); accepted ones still
+            // without an outcome are asked for.
             for (j, request) in requests.iter().enumerate() {
-                if histories
-                    .get(&request.job_id)
-                    .is_some_and(|h| !h.accepted && h.errors.is_empty())
-                {
-                    due.push((Instant::now(), Ask::Submit(j)));
-                }
-            }
-            for (j, request) in requests.iter().enumerate() {
-                if histories
-                    .get(&request.job_id)
-                    .is_some_and(|h| h.accepted && h.results == 0 && h.errors.is_empty())
-                {
-                    due.push((Instant::now(), Ask::Status(j)));
-                }
+                let ask = match histories.get(&request.job_id) {
+                    Some(h) if !h.errors.is_empty() || h.results > 0 => continue,
+                    Some(h) if h.accepted => Ask::Status(j),
+                    Some(_) => Ask::Submit(j),
+                    None => continue,
+                };
+                due.push((Instant::now(), ask));
             }
         }
         let dropped = session(

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument;
 use url::Url;
 
@@ -124,11 +124,12 @@ async fn run_once(
 
     let batches = TaskTracker::new();
     let running = Arc::new(Running::default());
-    let reporter = tokio::spawn(report_progress(
+    // Stopped when dropped, so every way out of this session stops it.
+    let reporter = AbortOnDropHandle::new(tokio::spawn(report_progress(
         running.clone(),
         config.batch_progress,
         tx.clone(),
-    ));
+    )));
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -164,7 +165,7 @@ async fn run_once(
         }
         // End our half of the stream only now, and wait for the master to end
         // its half: dropping the call at once could lose results still queued.
-        reporter.abort();
+        drop(reporter); // it holds a sender too
         drop(tx);
         let master_done = async { while inbound.next().await.is_some() {} };
         if tokio::time::timeout(STREAM_CLOSE_TIMEOUT, master_done)
@@ -174,7 +175,6 @@ async fn run_once(
             tracing::warn!("master did not close the stream; leaving anyway");
         }
     }
-    reporter.abort();
     outcome
 }
 
