@@ -1,10 +1,12 @@
 //! Pipeline benchmark: pages per second of a whole crawl of one loopback
 //! host, politeness off, through the real services (gateway, queue, lock
-//! server, master, two workers) on the real engines, measured from the
-//! submit to the result at a websocket client; against the `spider` crate
-//! crawling the same site in its own process, measured in the same run, in
-//! two builds: with the default features its documentation installs (load
-//! balancing, throttling, browser emulation), and with them off.
+//! server, master, two workers unless `--workers` says) on the real
+//! engines, measured from the submit to the result at a websocket client;
+//! against the `spider` crate crawling the same site in its own process,
+//! measured in the same run, in two builds: with the default features its
+//! documentation installs (load balancing, throttling, browser emulation,
+//! visited links past 15,000 kept on disk), and with them off. The site
+//! counts the pages it serves, so each crawler's pages are counted alike.
 //!
 //! The site is flat: `/` links N pages, each linking back to `/` and to its
 //! next three siblings, so every page's links are read and deduplicated.
@@ -16,11 +18,13 @@
 //! (cd bench/spider-peer-lean && cargo build --release)
 //! cargo bench -p cluster-tests --bench pipeline                       # 2,000 and 20,000 pages, 3 runs
 //! cargo bench -p cluster-tests --bench pipeline -- --pages 2000 --runs 5
+//! cargo bench -p cluster-tests --bench pipeline -- --no-peers --workers 1 --master-args "--batch-size 32"
 //! ```
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -32,9 +36,19 @@ use cluster_tests::ws::WsClient;
 
 struct Site {
     base: String,
+    /// Pages served so far: what each crawler really fetched, whatever it
+    /// reports of itself.
+    served: Arc<AtomicUsize>,
+}
+
+impl Site {
+    fn served(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
+    }
 }
 
 async fn serve_site(pages: usize) -> Site {
+    let served = Arc::new(AtomicUsize::new(0));
     let root: String = (0..pages)
         .map(|i| format!("<a href=\"/p/{i}\">page {i}</a>\n"))
         .collect();
@@ -55,13 +69,25 @@ async fn serve_site(pages: usize) -> Site {
                 ))
             }),
         )
-        .with_state(root);
+        .with_state(root)
+        .layer(axum::middleware::from_fn_with_state(
+            served.clone(),
+            |State(served): State<Arc<AtomicUsize>>,
+             request: axum::extract::Request,
+             next: axum::middleware::Next| async move {
+                let path = request.uri().path();
+                if path == "/" || path.starts_with("/p/") {
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+                next.run(request).await
+            },
+        ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the site");
     let base = format!("http://{}", listener.local_addr().expect("bound"));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Site { base }
+    Site { base, served }
 }
 
 fn arg<T: std::str::FromStr>(name: &str) -> Option<Vec<T>> {
@@ -152,7 +178,14 @@ async fn main() {
             .collect::<Vec<_>>()
     };
     let (master_args, worker_args) = (as_strs(&master_args), as_strs(&worker_args));
-    let cluster = ClusterSpec::new(1, 2)
+    let workers = arg::<usize>("--workers").map_or(2, |w| w[0]);
+    // `--no-peers`: the pipeline alone, for comparing builds or settings of it.
+    let peers: &[(&str, &str)] = if std::env::args().any(|a| a == "--no-peers") {
+        &[]
+    } else {
+        &PEERS
+    };
+    let cluster = ClusterSpec::new(1, workers)
         .gateway_args(&["--max-pages", &cap])
         .master_args(&master_args.iter().map(String::as_str).collect::<Vec<_>>())
         .worker_args(&worker_args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -163,11 +196,12 @@ async fn main() {
     for &pages in &sizes {
         let site = serve_site(pages).await;
         let mut ours = Vec::new();
-        let mut theirs: Vec<Vec<(usize, Duration)>> = vec![Vec::new(); PEERS.len()];
+        let mut theirs: Vec<Vec<(usize, Duration)>> = vec![Vec::new(); peers.len()];
         for run in 0..runs {
             let job = format!("p{pages}-{run}");
             let url = format!("{}/?run={run}", site.base);
             let cpu_before = cpu_of(&cluster);
+            let served_before = site.served();
             let started = Instant::now();
             client
                 .send_json(&serde_json::json!({
@@ -179,6 +213,7 @@ async fn main() {
             ours.push(took);
             let fetched = result["pages"].as_array().expect("pages").len();
             assert_eq!(fetched, pages + 1, "the pipeline fetched every page");
+            let served = site.served() - served_before;
             let by_service: Vec<(String, Duration)> = cpu_of(&cluster)
                 .into_iter()
                 .zip(cpu_before)
@@ -190,18 +225,20 @@ async fn main() {
                 .map(|(name, cpu)| format!("{name} {:.2}", cpu.as_secs_f64()))
                 .collect();
             println!(
-                "{pages:>6} pages, run {}: pipeline {:.3} s ({:.2} CPU s in its services: {})",
+                "{pages:>6} pages, run {}: pipeline {:.3} s, {served} pages served ({:.2} CPU s in its services: {})",
                 run + 1,
                 took.as_secs_f64(),
                 cpu.as_secs_f64(),
                 shares.join(", ")
             );
-            for (i, (name, binary)) in PEERS.iter().enumerate() {
+            for (i, (name, binary)) in peers.iter().enumerate() {
                 let start = format!("{}/?run={binary}-{run}", site.base);
-                let (visited, took, cpu) = spider_crawl(binary, &start, pages);
+                let before = site.served();
+                let (reported, took, cpu) = spider_crawl(binary, &start, pages);
+                let visited = site.served() - before;
                 theirs[i].push((visited, took));
                 println!(
-                    "{name:>29}: {:.3} s, {visited} pages ({:.2} CPU s)",
+                    "{name:>29}: {:.3} s, {visited} pages served ({reported} reported; {:.2} CPU s)",
                     took.as_secs_f64(),
                     cpu.as_secs_f64()
                 );
@@ -217,7 +254,7 @@ async fn main() {
             ours.as_secs_f64(),
             rate(pages, ours)
         );
-        for ((name, _), runs) in PEERS.iter().zip(theirs) {
+        for ((name, _), runs) in peers.iter().zip(theirs) {
             let visited = runs.iter().map(|(v, _)| *v).min().unwrap_or(0);
             let took = median(runs.into_iter().map(|(_, t)| t).collect());
             let short = if visited < pages {
