@@ -152,6 +152,9 @@ fn cpu_of(cluster: &cluster_tests::processes::Cluster) -> Vec<(String, Duration)
     services.map(|s| (s.name.clone(), s.cpu_time())).collect()
 }
 
+/// How long a crawl's result is waited for.
+const RESULT_PATIENCE: Duration = Duration::from_secs(120);
+
 fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
     times[times.len() / 2]
@@ -208,10 +211,10 @@ async fn main() {
                     "type": "submit", "jobId": job, "url": url, "depth": 1, "maxPages": pages + 1
                 }))
                 .await;
-            let result = client.result(&job).await;
+            let result = client.crawl_result(&job, RESULT_PATIENCE).await;
             let took = started.elapsed();
             ours.push(took);
-            let fetched = result["pages"].as_array().expect("pages").len();
+            let fetched = result.pages.len();
             assert_eq!(fetched, pages + 1, "the pipeline fetched every page");
             let served = site.served() - served_before;
             let by_service: Vec<(String, Duration)> = cpu_of(&cluster)

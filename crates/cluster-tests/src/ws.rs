@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crawler_core::model::CrawlResult;
 use crawler_core::protocol::{Assembled, ResultAssembler, ServerMessage};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -204,6 +205,66 @@ impl WsClient {
         }
     }
 
+    /// A job's result as `crawlctl` reads it: each frame parsed straight
+    /// into its message type, parts put back together, the pages never
+    /// held as generic JSON values. Fails on an `error` (a benchmark's
+    /// client, whose time counts in what it measures).
+    pub async fn crawl_result(&mut self, job_id: &str, patience: Duration) -> CrawlResult {
+        let read = async {
+            let mut parts: Option<ResultAssembler> = None;
+            loop {
+                let frame = self
+                    .socket
+                    .next()
+                    .await
+                    .expect("the gateway closed the connection")
+                    .expect("read a frame");
+                let Message::Text(text) = frame else {
+                    continue;
+                };
+                let message: ServerMessage =
+                    serde_json::from_str(text.as_str()).expect("the gateway sends its messages");
+                let ours = match &message {
+                    ServerMessage::Result { job_id: id, .. }
+                    | ServerMessage::ResultHead { job_id: id, .. }
+                    | ServerMessage::ResultPart { job_id: id, .. }
+                    | ServerMessage::Error {
+                        job_id: Some(id), ..
+                    } => id == job_id,
+                    _ => false,
+                };
+                if !ours {
+                    let value = serde_json::to_value(message).expect("a message is JSON");
+                    self.backlog.push(value);
+                    continue;
+                }
+                match message {
+                    whole @ ServerMessage::Result { .. } => return into_result(whole),
+                    head @ ServerMessage::ResultHead { .. } => {
+                        parts = Some(ResultAssembler::new(head).expect("a result head"));
+                    }
+                    ServerMessage::ResultPart {
+                        part, last, pages, ..
+                    } => {
+                        let assembler = parts.as_mut().expect("a part after its head");
+                        if let Assembled::Done(whole) =
+                            assembler.add(part, last, pages).expect("parts in order")
+                        {
+                            return into_result(whole);
+                        }
+                    }
+                    ServerMessage::Error { message, .. } => {
+                        panic!("job {job_id} failed: {message}")
+                    }
+                    _ => unreachable!("only this job's outcomes are ours"),
+                }
+            }
+        };
+        tokio::time::timeout(patience, read)
+            .await
+            .unwrap_or_else(|_| panic!("no result for {job_id} within {patience:?}"))
+    }
+
     /// A result, failing the test with the error if one came instead.
     pub async fn result(&mut self, job_id: &str) -> Value {
         let outcome = self.outcome(job_id).await;
@@ -274,5 +335,25 @@ impl WsClient {
     /// Messages already received and not yet consumed by a wait.
     pub fn backlog(&self) -> &[Value] {
         &self.backlog
+    }
+}
+
+/// The crawl a whole `result` message carries.
+fn into_result(message: ServerMessage) -> CrawlResult {
+    let ServerMessage::Result {
+        depth,
+        levels,
+        pages,
+        truncated,
+        ..
+    } = message
+    else {
+        panic!("not a result: {message:?}");
+    };
+    CrawlResult {
+        levels,
+        pages,
+        depth,
+        truncated,
     }
 }
