@@ -189,6 +189,16 @@ impl std::fmt::Debug for GrpcSecurity {
     }
 }
 
+/// The connections a gRPC server accepts on `listener`, with Nagle's
+/// algorithm off. A server fed its connections (`serve_with_incoming`)
+/// ignores the builder's `tcp_nodelay`, and with Nagle on, a small write
+/// that follows another one not yet acknowledged (an HTTP/2 window update,
+/// the end of a large message) waits for the peer's delayed ACK: about
+/// 40 ms on Linux, on one large call in four.
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 impl GrpcSecurity {
     /// The server's TLS: its certificate, and client certificates required
     /// and checked against the CA during the handshake.

@@ -22,7 +22,7 @@ use futures::Stream;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -189,10 +189,9 @@ impl FileSyncServer {
             .server()?
             .initial_stream_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(8 * 1024 * 1024)
-            .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(service(self.state))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+            .serve_with_incoming_shutdown(crawler_core::tls::incoming(self.listener), async move {
                 shutdown.cancelled().await;
                 tracing::info!("file-sync stopping");
             })

@@ -19,7 +19,6 @@ use crawler_core::ports::{Election, JobStore};
 use crawler_core::tls::{GrpcSecurity, Role};
 use crawler_proto::v1::lock_service_server::LockServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
@@ -118,7 +117,7 @@ impl LockServer {
                 admit,
             ))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.listener),
+                crawler_core::tls::incoming(self.listener),
                 shutdown.cancelled_owned(),
             )
             .await;

@@ -24,7 +24,6 @@ use crawler_proto::v1::master_service_server::MasterServiceServer;
 use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
@@ -142,7 +141,7 @@ impl Master {
                 admit,
             ))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.listener),
+                crawler_core::tls::incoming(self.listener),
                 serving.clone().cancelled_owned(),
             );
         let grpc = tokio::spawn(grpc);
