@@ -204,6 +204,15 @@ pub struct PageQuery {
     pub limit: u32,
 }
 
+/// A stored page as JSON text (a [`PageFacts`] as serde writes it), with
+/// the depth and URL it is ordered by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageText {
+    pub depth: u32,
+    pub url: String,
+    pub json: String,
+}
+
 /// A grant of the right to run a job until `expires_at_ms`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -375,6 +384,13 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Up to `query.limit` stored pages of a job, ordered by depth, then URL.
     async fn read_pages(&self, job_id: &JobId, query: &PageQuery) -> AdapterResult<Vec<PageFacts>>;
+    /// The same pages as [`JobStore::read_pages`], as the JSON text they
+    /// are stored in: for sending them on without parsing them.
+    async fn read_page_texts(
+        &self,
+        job_id: &JobId,
+        query: &PageQuery,
+    ) -> AdapterResult<Vec<PageText>>;
 
     /// Takes the duty of sending a finished job's outcome to its client:
     /// true for the one caller that takes it, false when it was taken

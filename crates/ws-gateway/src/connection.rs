@@ -457,6 +457,10 @@ impl<S: Sink<Message> + Unpin + Send> Writer for Socket<'_, S> {
         Metrics::inc(&self.state.metrics.results_delivered);
         self.send(Message::Text(Utf8Bytes::from(json))).await
     }
+
+    async fn write_part(&mut self, json: String) -> bool {
+        self.send(Message::Text(Utf8Bytes::from(json))).await
+    }
 }
 
 #[cfg(test)]

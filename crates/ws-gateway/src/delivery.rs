@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crawler_core::ErrorCode;
 use crawler_core::model::{CrawlResult, JobId, JobRecord, JobState, PageFacts};
-use crawler_core::ports::{AdapterError, PageQuery};
+use crawler_core::ports::{AdapterError, PageQuery, PageText};
 use crawler_core::protocol::ServerMessage;
 use crawler_core::retry::RetryPolicy;
 
@@ -71,6 +71,10 @@ pub trait Writer {
     /// Writes a whole `result` already made into JSON (made to learn its
     /// size); false once the connection is broken.
     fn write_result(&mut self, json: String) -> impl Future<Output = bool> + Send;
+
+    /// Writes a `resultPart` already made into JSON; false once the
+    /// connection is broken.
+    fn write_part(&mut self, json: String) -> impl Future<Output = bool> + Send;
 }
 
 /// How sending an outcome went.
@@ -197,10 +201,10 @@ async fn send_outcome<W: Writer>(state: &AppState, out: &mut W, outcome: Outcome
     if !out.write(head).await {
         return Sent::Broken;
     }
-    let mut parts = Parts::new(client_job_id, state.part_bytes);
+    let mut parts = Parts::new(&client_job_id, state.part_bytes);
     let mut after = None;
     loop {
-        let pages = match read(state, &record, after.take()).await {
+        let pages = match read_texts(state, &record, after.take()).await {
             Ok(pages) => pages,
             // The head went out; the client learns the rest failed.
             Err(message) => return unreadable(out.write(message).await),
@@ -208,8 +212,8 @@ async fn send_outcome<W: Writer>(state: &AppState, out: &mut W, outcome: Outcome
         let read_all = pages.len() < READ_PAGES as usize;
         after = pages.last().map(|p| (p.depth, p.url.clone()));
         for page in pages {
-            if let Some(full) = parts.add(page)
-                && !out.write(full).await
+            if let Some(full) = parts.add(&page.json)
+                && !out.write_part(full).await
             {
                 return Sent::Broken;
             }
@@ -218,82 +222,72 @@ async fn send_outcome<W: Writer>(state: &AppState, out: &mut W, outcome: Outcome
             break;
         }
     }
-    sent(out.write(parts.finish()).await)
+    sent(out.write_part(parts.finish()).await)
 }
 
 /// Pages read from the store at a time.
 const READ_PAGES: u32 = 500;
 
-/// Packs pages, in order, into `resultPart`s of at most `bytes` of JSON.
+/// Packs pages, in order, into `resultPart` messages of at most `bytes`
+/// of JSON. The pages are the JSON text the store holds, put into each
+/// message as they are: they are neither parsed nor written again.
 struct Parts {
+    /// The job id as a JSON string.
     job_id: String,
     bytes: usize,
-    /// The part being filled, its JSON size so far, and its number.
-    pages: Vec<PageFacts>,
-    size: usize,
+    /// The pages of the part being filled, comma-separated, and how many.
+    pages: String,
+    count: usize,
     part: u32,
 }
 
 impl Parts {
-    fn new(job_id: String, bytes: usize) -> Self {
+    fn new(job_id: &str, bytes: usize) -> Self {
         Self {
-            job_id,
+            job_id: serde_json::to_string(job_id).expect("a string is JSON"),
             bytes,
-            pages: Vec::new(),
-            size: 0,
+            pages: String::new(),
+            count: 0,
             part: 1,
         }
     }
 
-    /// Adds a page; returns the part it filled, when it did.
-    fn add(&mut self, page: PageFacts) -> Option<ServerMessage> {
-        let page_size = json_len(&page) + 1; // and its comma
-        let full = (!self.pages.is_empty() && self.envelope() + self.size + page_size > self.bytes)
+    /// Adds a page's JSON; returns the part it filled, when it did.
+    fn add(&mut self, page: &str) -> Option<String> {
+        let page_size = page.len() + 1; // and its comma
+        let full = (self.count > 0 && self.envelope() + self.pages.len() + page_size > self.bytes)
             .then(|| self.take(false));
-        self.size += page_size;
-        self.pages.push(page);
+        if self.count > 0 {
+            self.pages.push(',');
+        }
+        self.pages.push_str(page);
+        self.count += 1;
         full
     }
 
     /// The last part.
-    fn finish(mut self) -> ServerMessage {
+    fn finish(mut self) -> String {
         self.take(true)
     }
 
-    fn take(&mut self, last: bool) -> ServerMessage {
-        self.size = 0;
+    /// The part filled so far, as [`ServerMessage::ResultPart`] writes it.
+    fn take(&mut self, last: bool) -> String {
+        let json = format!(
+            r#"{{"type":"resultPart","jobId":{},"part":{},"last":{last},"pages":[{}]}}"#,
+            self.job_id, self.part, self.pages
+        );
+        self.pages.clear();
+        self.count = 0;
         self.part += 1;
-        ServerMessage::ResultPart {
-            job_id: self.job_id.clone(),
-            part: self.part - 1,
-            last,
-            pages: std::mem::take(&mut self.pages),
-        }
+        json
     }
 
     /// The JSON of a part around its pages: type, job id, part number and
     /// `last`, at their longest.
     fn envelope(&self) -> usize {
         r#"{"type":"resultPart","jobId":,"part":4294967295,"last":false,"pages":[]}"#.len()
-            + json_len(&self.job_id)
+            + self.job_id.len()
     }
-}
-
-/// The length of `value` as JSON, without building the text.
-fn json_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    serde_json::to_writer(&mut count, value).expect("pages always serialise");
-    count.0
 }
 
 /// The result's next pages from the store, or the error to send instead.
@@ -302,25 +296,39 @@ async fn read(
     record: &JobRecord,
     after: Option<(u32, String)>,
 ) -> Result<Vec<PageFacts>, ServerMessage> {
-    let query = PageQuery {
+    let store = &state.engines.store;
+    let query = next_pages(record, after);
+    let pages = store.read_pages(record.pages_job(), &query).await;
+    pages.map_err(|e| unreadable_result(record, &e))
+}
+
+/// [`read`], as the JSON text the pages are stored in.
+async fn read_texts(
+    state: &AppState,
+    record: &JobRecord,
+    after: Option<(u32, String)>,
+) -> Result<Vec<PageText>, ServerMessage> {
+    let store = &state.engines.store;
+    let query = next_pages(record, after);
+    let pages = store.read_page_texts(record.pages_job(), &query).await;
+    pages.map_err(|e| unreadable_result(record, &e))
+}
+
+/// The [`READ_PAGES`] pages of the result after `after`.
+fn next_pages(record: &JobRecord, after: Option<(u32, String)>) -> PageQuery {
+    PageQuery {
         max_depth: record.summary.as_ref().map_or(0, |s| s.depth),
         after,
         limit: READ_PAGES,
-    };
-    state
-        .engines
-        .store
-        .read_pages(record.pages_job(), &query)
-        .await
-        .map_err(|e| {
-            ServerMessage::error(
-                Some(record.spec.client_job_id.clone()),
-                ErrorCode::Unavailable,
-                format!(
-                    "the result is stored but cannot be read now ({e}); ask again with `status`"
-                ),
-            )
-        })
+    }
+}
+
+fn unreadable_result(record: &JobRecord, e: &AdapterError) -> ServerMessage {
+    ServerMessage::error(
+        Some(record.spec.client_job_id.clone()),
+        ErrorCode::Unavailable,
+        format!("the result is stored but cannot be read now ({e}); ask again with `status`"),
+    )
 }
 
 #[cfg(test)]
@@ -346,13 +354,17 @@ mod tests {
         let pages: Vec<PageFacts> = (0..300)
             .map(|i| page(i, if i == 150 { 200 } else { i % 61 }))
             .collect();
-        let mut parts = Parts::new("job-7".into(), BYTES);
-        let mut sent: Vec<ServerMessage> =
-            pages.iter().cloned().filter_map(|p| parts.add(p)).collect();
+        let texts: Vec<String> = pages
+            .iter()
+            .map(|p| serde_json::to_string(p).unwrap())
+            .collect();
+        let mut parts = Parts::new("job \"7\"", BYTES);
+        let mut sent: Vec<String> = texts.iter().filter_map(|p| parts.add(p)).collect();
         sent.push(parts.finish());
 
         let mut again = Vec::new();
-        for (at, message) in sent.iter().enumerate() {
+        for (at, json) in sent.iter().enumerate() {
+            let message: ServerMessage = serde_json::from_str(json).expect("a message");
             let ServerMessage::ResultPart {
                 job_id,
                 part,
@@ -360,25 +372,19 @@ mod tests {
                 pages,
             } = message
             else {
-                panic!("a part: {message:?}");
+                panic!("a part: {json}");
             };
-            assert_eq!((job_id.as_str(), *part), ("job-7", at as u32 + 1));
-            assert_eq!(*last, at + 1 == sent.len(), "only the final part is last");
-            let size = message.to_json().len();
+            assert_eq!((job_id.as_str(), part), ("job \"7\"", at as u32 + 1));
+            assert_eq!(last, at + 1 == sent.len(), "only the final part is last");
             assert!(
-                size <= BYTES || pages.len() == 1,
-                "part {part}: {size} bytes in {} pages",
+                json.len() <= BYTES || pages.len() == 1,
+                "part {part}: {} bytes in {} pages",
+                json.len(),
                 pages.len()
             );
-            again.extend(pages.iter().cloned());
+            again.extend(pages);
         }
         assert_eq!(again, pages);
         assert!(sent.len() > 10, "{} parts", sent.len());
-    }
-
-    #[test]
-    fn json_len_is_the_length_of_the_json() {
-        let page = page(3, 4);
-        assert_eq!(json_len(&page), serde_json::to_string(&page).unwrap().len());
     }
 }

@@ -49,7 +49,8 @@ fn done(summary: ResultSummary) -> JobOutcome {
     }
 }
 
-/// Every stored page of a job, in (depth, URL) order, read in pages of two.
+/// Every stored page of a job, in (depth, URL) order, read in pages of
+/// two; read as JSON text too, which must hold the same pages.
 async fn all_pages(store: &dyn JobStore, job_id: &JobId) -> Vec<PageFacts> {
     let mut pages: Vec<PageFacts> = Vec::new();
     loop {
@@ -59,6 +60,15 @@ async fn all_pages(store: &dyn JobStore, job_id: &JobId) -> Vec<PageFacts> {
             limit: 2,
         };
         let next = store.read_pages(job_id, &query).await.unwrap();
+        let texts = store.read_page_texts(job_id, &query).await.unwrap();
+        let parsed: Vec<PageFacts> = texts
+            .iter()
+            .map(|text| serde_json::from_str(&text.json).expect("a stored page's JSON"))
+            .collect();
+        assert_eq!(parsed, next, "the pages as text are the pages");
+        let keys: Vec<(u32, &str)> = texts.iter().map(|t| (t.depth, t.url.as_str())).collect();
+        let expected: Vec<(u32, &str)> = next.iter().map(|p| (p.depth, p.url.as_str())).collect();
+        assert_eq!(keys, expected, "each text under its page's depth and URL");
         if next.is_empty() {
             return pages;
         }

@@ -2,7 +2,8 @@
 //! takes the lock that makes read-then-write atomic, and the statements that
 //! pick rows among competing callers. Everything else is shared SQL.
 
-use sqlx::{Postgres, Sqlite};
+use sqlx::query::Query;
+use sqlx::{Database, Postgres, Sqlite};
 
 use super::row::job_columns;
 
@@ -20,15 +21,26 @@ pub trait Dialect: sqlx::Database {
     const CLAIM_UNPUBLISHED: &'static str;
     /// Reads the leadership row that the transaction goes on to write.
     const SELECT_LEADER_FOR_UPDATE: &'static str;
-    /// Stores the pages of the JSON array `$3` as level `$2` of job `$1`,
-    /// one row each; a page saved again replaces itself.
+    /// Stores pages (bound by [`Dialect::bind_pages`]) as level `$2` of
+    /// job `$1`, one row each; a page saved again replaces itself.
     const UPSERT_PAGES: &'static str;
+    /// Binds pages, each its URL and its JSON text, to [`Dialect::UPSERT_PAGES`].
+    fn bind_pages<'q>(query: Bound<'q, Self>, pages: &[PageRow<'_>]) -> Bound<'q, Self>;
     /// Records a job answered at once from the cache, so delivered as it
     /// is recorded: $1..$9 are its id, client, client job id, spec,
     /// acceptance time, summary, pages, depth and the job whose pages it
     /// shows. Committed without waiting for the disk where the database
     /// allows it, in the same single round trip.
     const INSERT_DONE: &'static str;
+}
+
+/// A statement being given its parameters.
+pub type Bound<'q, DB> = Query<'q, DB, <DB as Database>::Arguments>;
+
+/// One page as stored: its URL (the key) and its JSON text.
+pub struct PageRow<'a> {
+    pub url: &'a str,
+    pub json: String,
 }
 
 /// Row locks: `FOR UPDATE` holds a row until commit; `SKIP LOCKED` lets a
@@ -56,9 +68,15 @@ impl Dialect for Postgres {
         RETURNING spec, gateway_key";
     const SELECT_LEADER_FOR_UPDATE: &'static str =
         "SELECT holder, address, epoch, expires_at_ms FROM lock_leader WHERE id = 1 FOR UPDATE";
+    // Two arrays, of URLs and of pages: nothing for Postgres to parse.
     const UPSERT_PAGES: &'static str = "INSERT INTO job_pages (job_id, depth, url, page)
-        SELECT $1, $2, p ->> 'url', p FROM jsonb_array_elements($3) p
+        SELECT $1, $2, p.url, p.page FROM UNNEST($3::TEXT[], $4::TEXT[]) AS p (url, page)
         ON CONFLICT (job_id, depth, url) DO UPDATE SET page = EXCLUDED.page";
+    fn bind_pages<'q>(query: Bound<'q, Self>, pages: &[PageRow<'_>]) -> Bound<'q, Self> {
+        let urls: Vec<&str> = pages.iter().map(|p| p.url).collect();
+        let texts: Vec<&str> = pages.iter().map(|p| p.json.as_str()).collect();
+        query.bind(urls).bind(texts)
+    }
     // `set_config(..., true)` lasts for the statement's own transaction,
     // whose commit then does not wait for the WAL flush.
     const INSERT_DONE: &'static str = "WITH unflushed AS (
@@ -94,9 +112,23 @@ impl Dialect for Sqlite {
         "SELECT holder, address, epoch, expires_at_ms FROM lock_leader WHERE id = 1";
     // `WHERE true` tells SQLite's parser the ON CONFLICT is the upsert's,
     // not a join constraint of the SELECT.
+    // SQLite has no arrays: one JSON array of the pages.
     const UPSERT_PAGES: &'static str = "INSERT INTO job_pages (job_id, depth, url, page)
         SELECT $1, $2, json_extract(p.value, '$.url'), p.value FROM json_each($3) p WHERE true
         ON CONFLICT (job_id, depth, url) DO UPDATE SET page = excluded.page";
+    fn bind_pages<'q>(query: Bound<'q, Self>, pages: &[PageRow<'_>]) -> Bound<'q, Self> {
+        let mut array =
+            String::with_capacity(pages.iter().map(|p| p.json.len() + 1).sum::<usize>() + 2);
+        array.push('[');
+        for (i, page) in pages.iter().enumerate() {
+            if i > 0 {
+                array.push(',');
+            }
+            array.push_str(&page.json);
+        }
+        array.push(']');
+        query.bind(array)
+    }
     const INSERT_DONE: &'static str = "INSERT INTO jobs
             (job_id, client_id, client_job_id, spec, state, accepted_at_ms,
              summary, pages_done, current_depth, pages_of, delivered)

@@ -21,11 +21,12 @@ use crawler_core::model::{
 };
 use crawler_core::ports::{
     AcquireOutcome, AdapterError, AdapterResult, Election, Grant, InsertOutcome, JobOutcome,
-    JobStore, Lease, PageQuery, Renewal, StoreError, Takeover,
+    JobStore, Lease, PageQuery, PageText, Renewal, StoreError, Takeover,
 };
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
 
 pub use dialect::Dialect;
+use dialect::{Bound, PageRow};
 use row::{CheckpointHead, Doc, StoredJob, doc, engine, from_db, parse, to_db};
 
 /// The statements both databases run alike. Both speak `$n` parameters
@@ -95,7 +96,7 @@ mod sql {
     /// key's index start right there: spelt as `depth > $3 OR (…)` it
     /// scanned the rest of the level for every part (0.6 s a part of a
     /// million-page result, against 0.2 ms).
-    pub const READ_PAGES: &str = "SELECT page FROM job_pages
+    pub const READ_PAGES: &str = "SELECT depth, url, page FROM job_pages
         WHERE job_id = $1 AND depth <= $2 AND (depth, url) > ($3, $4)
         ORDER BY depth, url
         LIMIT $5";
@@ -191,6 +192,38 @@ where
         tx.commit()
             .await
             .map_err(|e| failure::<DB>(&format!("cannot commit {what}"), e))
+    }
+
+    /// The statement that saves `pages` as level `depth` of `job_id`.
+    fn upsert_pages<'q>(job_id: &JobId, depth: u32, pages: &[PageFacts]) -> Bound<'q, DB> {
+        let rows: Vec<PageRow<'_>> = pages
+            .iter()
+            .map(|page| PageRow {
+                url: &page.url,
+                json: serde_json::to_string(page).expect("pages always serialise"),
+            })
+            .collect();
+        let query = sqlx::query(DB::UPSERT_PAGES)
+            .bind(job_id.0.clone())
+            .bind(i64::from(depth));
+        DB::bind_pages(query, &rows)
+    }
+
+    /// The rows (depth, URL and page) that `query` selects.
+    async fn page_rows(&self, job_id: &JobId, query: &PageQuery) -> AdapterResult<Vec<DB::Row>> {
+        let (after_depth, after_url) = match &query.after {
+            Some((depth, url)) => (i64::from(*depth), url.as_str()),
+            None => (-1, ""),
+        };
+        sqlx::query(sql::READ_PAGES)
+            .bind(job_id.0.as_str())
+            .bind(i64::from(query.max_depth))
+            .bind(after_depth)
+            .bind(after_url)
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| failure::<DB>("cannot read pages", e))
     }
 
     fn decode(row: &DB::Row) -> AdapterResult<StoredJob> {
@@ -559,10 +592,7 @@ where
         } = outcome
         {
             for level in last_pages.chunk_by(|a, b| a.depth == b.depth) {
-                sqlx::query(DB::UPSERT_PAGES)
-                    .bind(job_id.0.as_str())
-                    .bind(i64::from(level[0].depth))
-                    .bind(doc(level))
+                Self::upsert_pages(job_id, level[0].depth, level)
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| failure::<DB>("cannot save a result's last pages", e))?;
@@ -690,10 +720,7 @@ where
                 saved: 0,
             });
         }
-        sqlx::query(DB::UPSERT_PAGES)
-            .bind(job_id.0.as_str())
-            .bind(i64::from(depth))
-            .bind(doc(pages))
+        Self::upsert_pages(job_id, depth, pages)
             .execute(&mut *tx)
             .await
             .map_err(|e| failure::<DB>("cannot save pages", e))?;
@@ -746,25 +773,36 @@ where
     }
 
     async fn read_pages(&self, job_id: &JobId, query: &PageQuery) -> AdapterResult<Vec<PageFacts>> {
-        let (after_depth, after_url) = match &query.after {
-            Some((depth, url)) => (i64::from(*depth), url.as_str()),
-            None => (-1, ""),
-        };
-        let rows = sqlx::query(sql::READ_PAGES)
-            .bind(job_id.0.as_str())
-            .bind(i64::from(query.max_depth))
-            .bind(after_depth)
-            .bind(after_url)
-            .bind(i64::from(query.limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| failure::<DB>("cannot read pages", e))?;
+        let rows = self.page_rows(job_id, query).await?;
         rows.iter()
             .map(|row| {
-                let page: Doc = row
+                let page: String = row
                     .try_get("page")
                     .map_err(|e| failure::<DB>("a stored page is unreadable", e))?;
-                parse(engine::<DB>(), &page)
+                serde_json::from_str(&page).map_err(|e| {
+                    AdapterError::new(engine::<DB>(), format!("a stored page is unreadable: {e}"))
+                })
+            })
+            .collect()
+    }
+
+    async fn read_page_texts(
+        &self,
+        job_id: &JobId,
+        query: &PageQuery,
+    ) -> AdapterResult<Vec<PageText>> {
+        let rows = self.page_rows(job_id, query).await?;
+        rows.iter()
+            .map(|row| {
+                let (depth, url, json) = row
+                    .try_get::<i64, _>("depth")
+                    .and_then(|depth| Ok((depth, row.try_get("url")?, row.try_get("page")?)))
+                    .map_err(|e| failure::<DB>("a stored page is unreadable", e))?;
+                Ok(PageText {
+                    depth: from_db(depth),
+                    url,
+                    json,
+                })
             })
             .collect()
     }
