@@ -24,6 +24,7 @@ use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use crawler_core::admin::{EngineHealth, OnScrape, Probe, Readiness};
 use crawler_core::net_policy::NetworkPolicy;
 use crawler_core::ports::Engines;
@@ -167,7 +168,14 @@ impl Gateway {
             shutdown.clone(),
         ));
         tracing::info!(%addr, gateway = %self.state.gateway_key, "gateway listening on ws://{addr}/ws");
-        axum::serve(self.listener, router)
+        // Nagle's algorithm off: with it, the end of a result part written
+        // right after another waits for the client's delayed ACK.
+        let listener = self.listener.tap_io(|socket| {
+            if let Err(e) = socket.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot turn Nagle's algorithm off");
+            }
+        });
+        axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;
         // No new connection is accepted from here. Websockets outlive the
