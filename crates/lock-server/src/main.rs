@@ -5,6 +5,11 @@ use crawler_adapters::PgStore;
 use crawler_core::retry::until_connected;
 use lock_server::{LockServer, LockServerConfig};
 
+/// mimalloc, not glibc's malloc, as for the worker: every page save
+/// decodes and re-encodes hundreds of pages' small strings.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut config = LockServerConfig::parse();

@@ -5,6 +5,11 @@ use crawler_adapters::{QueueSettings, RabbitQueue, RedisCache};
 use crawler_core::retry::until_connected;
 use master::{Master, MasterConfig};
 
+/// mimalloc, not glibc's malloc, as for the worker: a crawl's pages are
+/// many small allocations freed in bursts.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut config = MasterConfig::parse();
