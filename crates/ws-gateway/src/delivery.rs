@@ -235,9 +235,8 @@ struct Parts {
     /// The job id as a JSON string.
     job_id: String,
     bytes: usize,
-    /// The pages of the part being filled, comma-separated, and how many.
+    /// The pages of the part being filled, comma-separated.
     pages: String,
-    count: usize,
     part: u32,
 }
 
@@ -247,7 +246,6 @@ impl Parts {
             job_id: serde_json::to_string(job_id).expect("a string is JSON"),
             bytes,
             pages: String::new(),
-            count: 0,
             part: 1,
         }
     }
@@ -255,13 +253,13 @@ impl Parts {
     /// Adds a page's JSON; returns the part it filled, when it did.
     fn add(&mut self, page: &str) -> Option<String> {
         let page_size = page.len() + 1; // and its comma
-        let full = (self.count > 0 && self.envelope() + self.pages.len() + page_size > self.bytes)
+        let full = (!self.pages.is_empty()
+            && self.envelope() + self.pages.len() + page_size > self.bytes)
             .then(|| self.take(false));
-        if self.count > 0 {
+        if !self.pages.is_empty() {
             self.pages.push(',');
         }
         self.pages.push_str(page);
-        self.count += 1;
         full
     }
 
@@ -277,7 +275,6 @@ impl Parts {
             self.job_id, self.part, self.pages
         );
         self.pages.clear();
-        self.count = 0;
         self.part += 1;
         json
     }

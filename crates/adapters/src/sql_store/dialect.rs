@@ -1,6 +1,7 @@
 //! Where Postgres and SQLite differ for the job store: how a transaction
-//! takes the lock that makes read-then-write atomic, and the statements that
-//! pick rows among competing callers. Everything else is shared SQL.
+//! takes the lock that makes read-then-write atomic, the statements that
+//! pick rows among competing callers, and how a level's pages are passed
+//! in. Everything else is shared SQL.
 
 use sqlx::query::Query;
 use sqlx::{Database, Postgres, Sqlite};
@@ -110,9 +111,9 @@ impl Dialect for Sqlite {
         RETURNING spec, gateway_key";
     const SELECT_LEADER_FOR_UPDATE: &'static str =
         "SELECT holder, address, epoch, expires_at_ms FROM lock_leader WHERE id = 1";
-    // `WHERE true` tells SQLite's parser the ON CONFLICT is the upsert's,
-    // not a join constraint of the SELECT.
-    // SQLite has no arrays: one JSON array of the pages.
+    // SQLite has no arrays: the pages come as one JSON array. `WHERE true`
+    // tells SQLite's parser the ON CONFLICT is the upsert's, not a join
+    // constraint of the SELECT.
     const UPSERT_PAGES: &'static str = "INSERT INTO job_pages (job_id, depth, url, page)
         SELECT $1, $2, json_extract(p.value, '$.url'), p.value FROM json_each($3) p WHERE true
         ON CONFLICT (job_id, depth, url) DO UPDATE SET page = excluded.page";
