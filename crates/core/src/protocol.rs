@@ -292,7 +292,9 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
-/// Spider names become folder names, so only a safe alphabet is accepted.
+/// Spider names become folder names, so only a safe alphabet is accepted:
+/// 1 to 64 ASCII letters, digits, `-` or `_`. File-sync applies the same rule
+/// to the spiders it stores.
 pub fn is_spider_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64

@@ -104,14 +104,9 @@ pub fn parent_of(path: &str) -> Option<&str> {
     path.rfind('/').map(|i| &path[..i])
 }
 
-/// A spider name: 1 to 128 ASCII letters, digits, `-` or `_`.
-pub fn is_valid_spider_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+/// A spider name is the folder a spider lives in. File-sync accepts exactly
+/// the names a job may ask for, so a spider that can be pushed can be run.
+pub use crawler_core::protocol::is_spider_name as is_valid_spider_name;
 
 /// Whether `s` is a hex BLAKE3 digest, and so also a safe file name.
 pub fn is_hex_hash(s: &str) -> bool {
@@ -171,7 +166,11 @@ mod tests {
         for ok in ["quotes", "my-spider_2", "A"] {
             assert!(is_valid_spider_name(ok), "{ok}");
         }
-        for bad in ["", "..", "a/b", "a b", "é", ".hidden", "a.b", "a\0"] {
+        let too_long = "s".repeat(65);
+        assert!(is_valid_spider_name(&too_long[..64]));
+        for bad in [
+            "", "..", "a/b", "a b", "é", ".hidden", "a.b", "a\0", &too_long,
+        ] {
             assert!(!is_valid_spider_name(bad), "{bad:?}");
         }
     }

@@ -31,7 +31,7 @@ use crate::tree::{WalkEntry, WalkError, hash_file, walk};
 /// Why a spider cannot be scanned.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
-    #[error("invalid spider name {0:?}: only letters, digits, '-' and '_' are allowed")]
+    #[error("invalid spider name {0:?}: a name is 1 to 64 letters, digits, '-' or '_'")]
     InvalidName(String),
     #[error("spider {0:?} does not exist")]
     NotFound(String),

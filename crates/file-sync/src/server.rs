@@ -223,7 +223,7 @@ pub struct Service {
 fn scan_status(e: ScanError) -> Status {
     match e {
         ScanError::InvalidName(name) => ErrorCode::InvalidField.status(format!(
-            "invalid spider name {name:?}: only letters, digits, '-' and '_' are allowed"
+            "invalid spider name {name:?}: a name is 1 to 64 letters, digits, '-' or '_'"
         )),
         ScanError::NotFound(name) => {
             ErrorCode::UnknownSpider.status(format!("spider {name:?} does not exist"))
