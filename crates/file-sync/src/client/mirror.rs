@@ -126,6 +126,7 @@ pub struct MirrorReport {
     pub wire_bytes: u64,
     pub attempts: u32,
 }
+
 /// Makes `target` an exact copy of the spider `spider` on the server at
 /// `remote`. See the module documentation for the guarantees.
 #[must_use = "a failed mirror must fail the task that needed the files"]
